@@ -1,0 +1,164 @@
+#include "delta_sampler.h"
+
+#include <cmath>
+#include <algorithm>
+#include <cstring>
+#include <utility>
+
+static const char * rast_delta_name(const llama_sampler * /*smpl*/) {
+    return "rast-delta";
+}
+
+static void rast_delta_apply(llama_sampler * smpl, llama_token_data_array * cur_p) {
+    auto * ctx = (rast_delta_ctx *) smpl->ctx;
+    const int32_t n_shared = ctx->n_shared;
+    const uint8_t * excluded = ctx->excluded.data();
+
+    // llama_get_logits_ith waits for that context's pending computation, so with overlapped
+    // decoding this is where the sampler blocks, and only on the logits it needs.
+    const size_t n_pairs = ctx->pairs.size();
+    std::vector<const float *> tuned(n_pairs), base(n_pairs);
+    for (size_t k = 0; k < n_pairs; ++k) {
+        tuned[k] = llama_get_logits_ith(ctx->pairs[k].ctx_tuned, ctx->output_index);
+        base[k]  = llama_get_logits_ith(ctx->pairs[k].ctx_base,  ctx->output_index);
+    }
+
+    llama_token_data * data = cur_p->data;
+    const size_t n = cur_p->size;
+    if (n_pairs == 1) {
+        const float alpha = ctx->pairs[0].alpha;
+        const float * t = tuned[0];
+        const float * b = base[0];
+        for (size_t i = 0; i < n; ++i) {
+            const llama_token id = data[i].id;
+            if (id >= n_shared || excluded[id]) {
+                data[i].logit = -INFINITY;
+            } else {
+                data[i].logit += alpha * (t[id] - b[id]);
+            }
+        }
+    } else {
+        for (size_t i = 0; i < n; ++i) {
+            const llama_token id = data[i].id;
+            if (id >= n_shared || excluded[id]) {
+                data[i].logit = -INFINITY;
+                continue;
+            }
+            float delta = 0.0f;
+            for (size_t k = 0; k < n_pairs; ++k) {
+                delta += ctx->pairs[k].alpha * (tuned[k][id] - base[k][id]);
+            }
+            data[i].logit += delta;
+        }
+    }
+    cur_p->sorted = false;
+}
+
+static llama_sampler * rast_delta_clone(const llama_sampler * smpl) {
+    const auto * ctx = (const rast_delta_ctx *) smpl->ctx;
+    llama_sampler * copy = rast_delta_init(ctx->pairs, ctx->n_shared, ctx->excluded);
+    rast_delta_get_ctx(copy)->output_index = ctx->output_index;
+    return copy;
+}
+
+static void rast_delta_free(llama_sampler * smpl) {
+    delete (rast_delta_ctx *) smpl->ctx;
+}
+
+static llama_sampler_i rast_delta_i = {
+    /* .name              = */ rast_delta_name,
+    /* .accept            = */ nullptr,
+    /* .apply             = */ rast_delta_apply,
+    /* .reset             = */ nullptr,
+    /* .clone             = */ rast_delta_clone,
+    /* .free              = */ rast_delta_free,
+    /* .backend_init      = */ nullptr,
+    /* .backend_accept    = */ nullptr,
+    /* .backend_apply     = */ nullptr,
+    /* .backend_set_input = */ nullptr,
+    /* .backend_reset     = */ nullptr,
+    /* .copy_state        = */ nullptr,
+};
+
+llama_sampler * rast_delta_init(std::vector<rast_pair> pairs, int32_t n_shared, std::vector<uint8_t> excluded) {
+    excluded.resize(n_shared, 0);
+    auto * ctx = new rast_delta_ctx{std::move(pairs), n_shared, std::move(excluded), -1};
+    return llama_sampler_init(&rast_delta_i, ctx);
+}
+
+rast_delta_ctx * rast_delta_get_ctx(llama_sampler * smpl) {
+    return smpl->iface == &rast_delta_i ? (rast_delta_ctx *) smpl->ctx : nullptr;
+}
+
+static const char * rast_probe_name(const llama_sampler * /*smpl*/) {
+    return "rast-probe";
+}
+
+static void rast_probe_apply(llama_sampler * smpl, llama_token_data_array * cur_p) {
+    auto * ctx = (rast_probe_ctx *) smpl->ctx;
+    if (!ctx->enabled) {
+        return;
+    }
+    std::fill(ctx->logits.begin(), ctx->logits.end(), -INFINITY);
+    const int32_t n_vocab = (int32_t) ctx->logits.size();
+    for (size_t i = 0; i < cur_p->size; ++i) {
+        const llama_token id = cur_p->data[i].id;
+        if (id >= 0 && id < n_vocab) {
+            ctx->logits[id] = cur_p->data[i].logit;
+        }
+    }
+}
+
+static llama_sampler * rast_probe_clone(const llama_sampler * smpl) {
+    const auto * ctx = (const rast_probe_ctx *) smpl->ctx;
+    llama_sampler * copy = rast_probe_init((int32_t) ctx->logits.size());
+    rast_probe_get_ctx(copy)->enabled = ctx->enabled;
+    return copy;
+}
+
+static void rast_probe_free(llama_sampler * smpl) {
+    delete (rast_probe_ctx *) smpl->ctx;
+}
+
+static llama_sampler_i rast_probe_i = {
+    /* .name              = */ rast_probe_name,
+    /* .accept            = */ nullptr,
+    /* .apply             = */ rast_probe_apply,
+    /* .reset             = */ nullptr,
+    /* .clone             = */ rast_probe_clone,
+    /* .free              = */ rast_probe_free,
+    /* .backend_init      = */ nullptr,
+    /* .backend_accept    = */ nullptr,
+    /* .backend_apply     = */ nullptr,
+    /* .backend_set_input = */ nullptr,
+    /* .backend_reset     = */ nullptr,
+    /* .copy_state        = */ nullptr,
+};
+
+llama_sampler * rast_probe_init(int32_t n_vocab) {
+    auto * ctx = new rast_probe_ctx;
+    ctx->logits.assign(n_vocab, -INFINITY);
+    return llama_sampler_init(&rast_probe_i, ctx);
+}
+
+rast_probe_ctx * rast_probe_get_ctx(llama_sampler * smpl) {
+    return smpl->iface == &rast_probe_i ? (rast_probe_ctx *) smpl->ctx : nullptr;
+}
+
+int32_t rast_vocab_first_mismatch(const llama_vocab * a, const llama_vocab * b, int32_t n) {
+    for (int32_t id = 0; id < n; ++id) {
+        if (std::strcmp(llama_vocab_get_text(a, id), llama_vocab_get_text(b, id)) != 0) {
+            return id;
+        }
+    }
+    return -1;
+}
+
+void rast_vocab_mark_unused(const llama_vocab * vocab, int32_t n, std::vector<uint8_t> & excluded) {
+    excluded.resize(std::max<size_t>(excluded.size(), (size_t) n), 0);
+    for (int32_t id = 0; id < n; ++id) {
+        if (llama_vocab_get_attr(vocab, id) & LLAMA_TOKEN_ATTR_UNUSED) {
+            excluded[id] = 1;
+        }
+    }
+}

@@ -1,0 +1,42 @@
+// RAST delta sampler: a llama_sampler that adds sum_i alpha_i * (z_tuned_i - z_base_i) to the
+// candidates of the large model, reading the small pairs' logits for the same output row straight
+// from their llama_contexts. It is meant to be the first link of a llama_sampler_chain; ids at or
+// above n_shared (rows the small pairs cannot score) and ids marked excluded (padding tokens) get
+// -inf so that no later sampler can pick them. Plus a "probe" sampler that copies the candidates it
+// sees into a dense n_vocab buffer (for tests and token-level analysis), and vocabulary helpers.
+#pragma once
+
+#include "llama.h"
+
+#include <cstdint>
+#include <vector>
+
+struct rast_pair {
+    float                  alpha;
+    llama_context        * ctx_tuned;
+    llama_context        * ctx_base;
+};
+
+struct rast_delta_ctx {
+    std::vector<rast_pair> pairs;
+    int32_t                n_shared;     // ids < n_shared are scored by every model
+    std::vector<uint8_t>   excluded;     // size n_shared: 1 = never sample (padding/unused)
+    int32_t                output_index; // row of the logits to read in every context
+};
+
+llama_sampler * rast_delta_init(std::vector<rast_pair> pairs, int32_t n_shared, std::vector<uint8_t> excluded);
+rast_delta_ctx * rast_delta_get_ctx(llama_sampler * smpl);
+
+struct rast_probe_ctx {
+    bool               enabled = false;
+    std::vector<float> logits;   // size n_vocab, -inf where a candidate was removed
+};
+
+llama_sampler * rast_probe_init(int32_t n_vocab);
+rast_probe_ctx * rast_probe_get_ctx(llama_sampler * smpl);
+
+// First token id < n where the two vocabularies have different text, or -1.
+int32_t rast_vocab_first_mismatch(const llama_vocab * a, const llama_vocab * b, int32_t n);
+
+// 1 for each id < n whose attribute in vocab marks it unused (padding rows), else 0.
+void rast_vocab_mark_unused(const llama_vocab * vocab, int32_t n, std::vector<uint8_t> & excluded);

@@ -1,0 +1,60 @@
+"""The one place libllama enters the process, and where llama.cpp's log goes.
+
+Importing this module imports llama-cpp-python, whose ctypes layer loads
+`site-packages/llama_cpp/lib/libllama.so`; `rast_gguf._ext` is linked against that same file and
+must be imported only after it (the package __init__ guarantees the order), so the process holds
+exactly one libllama whatever the user imported before us. llama.cpp's log is captured: nothing is
+printed unless `set_verbose(True)` (or RAST_VERBOSE=1), and the last warning/error lines are kept
+so that a failed load can say why in its one-line error.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import os
+import sys
+
+import llama_cpp  # noqa: F401  (loads libllama; must precede rast_gguf._ext)
+from llama_cpp import llama_cpp as C
+
+_GGML_LOG_LEVEL_WARN = 2
+_GGML_LOG_LEVEL_ERROR = 3
+_GGML_LOG_LEVEL_CONT = 5
+
+_verbose = os.environ.get("RAST_VERBOSE", "") not in ("", "0")
+_recent_problems: collections.deque[str] = collections.deque(maxlen=8)
+_last_level = 0
+
+
+@C.llama_log_callback
+def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    global _last_level
+    if level != _GGML_LOG_LEVEL_CONT:
+        _last_level = level
+    message = text.decode("utf-8", errors="replace")
+    if _last_level in (_GGML_LOG_LEVEL_WARN, _GGML_LOG_LEVEL_ERROR) and message.strip():
+        _recent_problems.append(message.strip())
+    if _verbose:
+        sys.stderr.write(message)
+
+
+C.llama_log_set(_log_callback, ctypes.c_void_p(0))
+C.llama_backend_init()
+
+
+def set_verbose(verbose: bool) -> None:
+    global _verbose
+    _verbose = verbose
+
+
+def take_last_problem() -> str:
+    """The most recent llama.cpp warning/error line (cleared), or ''."""
+    message = _recent_problems[-1] if _recent_problems else ""
+    _recent_problems.clear()
+    return message
+
+
+def addr(handle) -> int:
+    """A ctypes handle's address, for the C++ extension."""
+    return ctypes.cast(handle, ctypes.c_void_p).value or 0

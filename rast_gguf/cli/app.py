@@ -1,0 +1,48 @@
+"""The `rast` command: dispatch to one module per verb, and turn library errors into one line."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from rast_gguf.cli.check import check_command
+from rast_gguf.cli.generate import generate_command
+
+app = typer.Typer(name="rast", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="RAST decoding for GGUF models: large base + alpha * (small RL-tuned - small base).",
+                  context_settings={"help_option_names": ["-h", "--help"]})
+app.command("generate")(generate_command)
+app.command("check")(check_command)
+
+
+def main() -> None:
+    from rast_gguf.errors import RastError
+
+    try:
+        exit_code = app(standalone_mode=False)
+    except RastError as e:
+        if os.environ.get("RAST_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except (typer.Abort, EOFError):
+        sys.exit(1)
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+    sys.exit(exit_code if isinstance(exit_code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

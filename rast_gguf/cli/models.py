@@ -1,0 +1,33 @@
+"""Turn the model flags of a command into (large path, [DeltaPair]); the built-in default when none."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from rast_gguf.errors import UsageError
+from rast_gguf.sampling import DeltaPair
+
+
+def resolve_models(large: Path | None, base: list[Path] | None, tuned: list[Path] | None,
+                   alpha: list[float] | None, n_gpu_layers: int, n_gpu_layers_small: int | None,
+                   *, quiet: bool = False) -> tuple[Path, list[DeltaPair]]:
+    base, tuned, alpha = base or [], tuned or [], alpha or [1.0]
+    if large is None and not base and not tuned:
+        from rast_gguf.defaults import default_triple
+
+        large, base_path, tuned_path = default_triple()
+        base, tuned = [base_path], [tuned_path]
+        if not quiet:
+            print(f"no models given: using the built-in default triple in {large.parent}", file=sys.stderr)
+    if large is None:
+        raise UsageError("give the large base model with -m/--large")
+    if len(base) != len(tuned):
+        raise UsageError(f"got {len(base)} --base and {len(tuned)} --tuned; give them in pairs "
+                         "(--base S --tuned S_RL, repeated for each pair)")
+    if len(alpha) not in (1, len(base)) and base:
+        raise UsageError(f"got {len(alpha)} --alpha values for {len(base)} pairs; give one, or one per pair")
+    alphas = alpha * len(base) if len(alpha) == 1 else alpha
+    ngl_small = n_gpu_layers if n_gpu_layers_small is None else n_gpu_layers_small
+    pairs = [DeltaPair(str(t), str(b), a, ngl_small) for t, b, a in zip(tuned, base, alphas)]
+    return large, pairs

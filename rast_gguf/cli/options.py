@@ -1,0 +1,26 @@
+"""Options shared by every command, declared once (names follow llama.cpp's flags)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+Large = Annotated[Optional[Path], typer.Option("-m", "--large", help="Large base model (GGUF).", show_default=False)]
+Base = Annotated[Optional[list[Path]], typer.Option("--base", help="Small base model (GGUF); repeat for several pairs.", show_default=False)]
+Tuned = Annotated[Optional[list[Path]], typer.Option("--tuned", help="Small RL-tuned model (GGUF), made from --base; repeat for several pairs.", show_default=False)]
+Alpha = Annotated[Optional[list[float]], typer.Option("--alpha", help="Delta coefficient; one value for all pairs or one per pair. [default: 1.0]", show_default=False)]
+NGpuLayers = Annotated[int, typer.Option("-ngl", "--n-gpu-layers", help="Layers of the large model on the GPU (-1: all).")]
+NGpuLayersSmall = Annotated[Optional[int], typer.Option("-ngls", "--n-gpu-layers-small", help="Layers of each small model on the GPU (-1: all). [default: same as -ngl]", show_default=False)]
+CtxSize = Annotated[int, typer.Option("-c", "--ctx-size", help="Context size in tokens, shared by all models.")]
+BatchSize = Annotated[int, typer.Option("-b", "--batch-size", help="Tokens per llama_decode call while reading the prompt.")]
+Threads = Annotated[Optional[int], typer.Option("-t", "--threads", help="CPU threads per model. [default: all cores]", show_default=False)]
+NPredict = Annotated[int, typer.Option("-n", "--n-predict", help="Maximum tokens to generate.")]
+Temp = Annotated[float, typer.Option("--temp", help="Temperature; 0 means greedy.")]
+TopK = Annotated[int, typer.Option("--top-k", help="Top-k sampling (0 disables).")]
+TopP = Annotated[float, typer.Option("--top-p", help="Top-p sampling (1.0 disables).")]
+MinP = Annotated[float, typer.Option("--min-p", help="Min-p sampling (0.0 disables).")]
+Seed = Annotated[int, typer.Option("-s", "--seed", help="RNG seed (4294967295: random).")]
+SamplerOrder = Annotated[str, typer.Option("--sampler-order", help="'llama': truncation then temperature (llama.cpp); 'reference': temperature first (RAST reference).")]
+Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="Show llama.cpp's log.")]

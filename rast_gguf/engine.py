@@ -1,0 +1,131 @@
+"""The RAST engine: one large model and any number of (alpha, tuned, base) small pairs, in
+llama.cpp contexts kept in step over the same tokens.
+
+The engine knows models, contexts and positions; it does not know prompts, text or stop rules
+(that is rast_gguf.generate). `feed(tokens)` appends tokens to every context (batched, logits for
+the last one only); `sampler(params)` builds the C++ chain whose first link adds the pairs' delta
+to the large model's logits for that last position. All files are validated and all
+vocabularies checked before any context is created; close() frees everything in reverse order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from rast_gguf import _ext
+from rast_gguf.errors import PromptTooLongError, UsageError
+from rast_gguf.handles import FLASH_ATTN_TYPES, Batch, Context, Model
+from rast_gguf.sampling import DeltaPair, SamplingParams, check_alpha
+from rast_gguf.vocab import check_vocabularies
+
+
+class RastEngine:
+    def __init__(self, large: str | os.PathLike, pairs: Sequence[DeltaPair] = (), *, n_ctx: int = 4096,
+                 n_batch: int = 512, n_threads: int | None = None, n_gpu_layers: int = 0,
+                 flash_attn: str = "auto"):
+        self._models: list[Model] = []
+        self._contexts: list[Context] = []
+        self._batch: Batch | None = None
+        self.pairs = list(pairs)
+        if flash_attn not in FLASH_ATTN_TYPES:
+            raise UsageError(f"--flash-attn must be one of {', '.join(FLASH_ATTN_TYPES)}, got {flash_attn!r}")
+        self.flash_attn = flash_attn
+        try:
+            self.model_large = self._load(large, n_gpu_layers, vocab_only=True)
+            pair_models = [(self._load(p.tuned, p.n_gpu_layers, vocab_only=True),
+                            self._load(p.base, p.n_gpu_layers, vocab_only=True)) for p in self.pairs]
+            self.n_shared = check_vocabularies(self.model_large, [m for pm in pair_models for m in pm])
+            for model in self._models:
+                model.close()
+            self._models.clear()
+
+            self.model_large = self._load(large, n_gpu_layers)
+            self.ctx_large = self._context(self.model_large, n_ctx, n_batch, n_threads)
+            self.pair_contexts: list[tuple[Context, Context]] = []
+            for pair in self.pairs:
+                tuned = self._context(self._load(pair.tuned, pair.n_gpu_layers), n_ctx, n_batch, n_threads)
+                base = self._context(self._load(pair.base, pair.n_gpu_layers), n_ctx, n_batch, n_threads)
+                self.pair_contexts.append((tuned, base))
+            self.n_ctx = self.ctx_large.n_ctx
+            self._batch = Batch(n_batch)
+            self.n_batch = n_batch
+        except BaseException:
+            self.close()
+            raise
+        self.n_past = 0
+
+    def _load(self, path, n_gpu_layers: int, vocab_only: bool = False) -> Model:
+        model = Model(path, n_gpu_layers=n_gpu_layers, vocab_only=vocab_only)
+        self._models.append(model)
+        return model
+
+    def _context(self, model: Model, n_ctx: int, n_batch: int, n_threads: int | None) -> Context:
+        ctx = Context(model, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads, flash_attn=self.flash_attn)
+        self._contexts.append(ctx)
+        return ctx
+
+    @property
+    def contexts(self) -> list[Context]:
+        return self._contexts
+
+    @property
+    def n_vocab(self) -> int:
+        return self.model_large.n_vocab
+
+    def tokenize(self, text: str, *, add_special: bool | None = None) -> list[int]:
+        return self.model_large.tokenize(text, add_special=add_special)
+
+    def reset(self) -> None:
+        for ctx in self._contexts:
+            ctx.clear()
+        self.n_past = 0
+
+    def rewind(self, n_past: int) -> None:
+        """Forget everything after the first n_past tokens, in every context."""
+        for ctx in self._contexts:
+            ctx.remove_from(n_past)
+        self.n_past = n_past
+
+    def feed(self, tokens: Sequence[int]) -> None:
+        """Decode tokens at the next positions of every context; logits for the last one."""
+        if self.n_past + len(tokens) > self.n_ctx:
+            raise PromptTooLongError(
+                f"{self.n_past + len(tokens)} tokens do not fit in the context of {self.n_ctx}; "
+                "use a larger -c/--ctx-size or a shorter prompt")
+        for start in range(0, len(tokens), self.n_batch):
+            chunk = list(tokens[start:start + self.n_batch])
+            self._batch.set_tokens(chunk, self.n_past + start, logits_last=True)
+            for ctx in self._contexts:
+                ctx.decode(self._batch)
+        self.n_past += len(tokens)
+
+    def sampler(self, params: SamplingParams) -> _ext.SamplerChain:
+        pairs = [(p.alpha, tuned.address, base.address) for p, (tuned, base) in zip(self.pairs, self.pair_contexts)]
+        return _ext.SamplerChain(self.ctx_large.address, pairs, self.n_shared, params.temp, params.top_k,
+                                 params.top_p, params.min_p, params.resolved_seed, params.order)
+
+    def set_alpha(self, alpha: float, pair_index: int | None = None) -> None:
+        """Change alpha for later samplers (all pairs when pair_index is None)."""
+        alpha = check_alpha(alpha)
+        indices = range(len(self.pairs)) if pair_index is None else [pair_index]
+        for i in indices:
+            p = self.pairs[i]
+            self.pairs[i] = DeltaPair(p.tuned, p.base, alpha, p.n_gpu_layers)
+
+    def close(self) -> None:
+        if self._batch is not None:
+            self._batch.close()
+            self._batch = None
+        for ctx in reversed(self._contexts):
+            ctx.close()
+        self._contexts.clear()
+        for model in reversed(self._models):
+            model.close()
+        self._models.clear()
+
+    def __enter__(self) -> "RastEngine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

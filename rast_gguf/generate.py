@@ -1,0 +1,144 @@
+"""Generation on a RastEngine, in layers: `stream_generate` yields one `GenerationResponse` per
+token (token id, its text piece, running stats, and on the last one the finish reason);
+`generate` collects a stream into a `GenerationResult`.
+
+Prompts are raw text (tokenized with the large model's tokenizer, BOS as the model asks) or token
+ids; no chat template here. Stops: an end-of-generation token ("stop"), a stop string ("stop";
+the text is cut before it and text that could still become a stop string is held back), max
+tokens ("length"), a full context ("context"). A prompt that does not fit raises
+PromptTooLongError before anything is decoded. `ignore_eos` (benchmarks) decodes past end-of-generation
+tokens so every run makes the same number of tokens.
+"""
+
+from __future__ import annotations
+
+import codecs
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rast_gguf.engine import RastEngine
+from rast_gguf.errors import PromptTooLongError
+from rast_gguf.sampling import SamplingParams
+
+
+@dataclass
+class GenerationResponse:
+    text: str
+    token: int
+    prompt_tokens: int
+    prompt_tps: float
+    generation_tokens: int
+    generation_tps: float
+    finish_reason: str | None = None
+    logits: np.ndarray | None = None  # final candidate logits of this step, when record_logits
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    tokens: list[int]
+    prompt_tokens: int
+    prompt_tps: float
+    generation_tokens: int
+    generation_tps: float
+    finish_reason: str | None
+    step_logits: list[np.ndarray] = field(default_factory=list)
+
+
+class _StopStringFilter:
+    """Feeds text through, cutting at the first stop string and holding back possible prefixes."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+
+    def push(self, text: str) -> tuple[str, bool]:
+        self.pending += text
+        for stop in self.stops:
+            at = self.pending.find(stop)
+            if at >= 0:
+                out, self.pending = self.pending[:at], ""
+                return out, True
+        hold = 0
+        for stop in self.stops:
+            for k in range(min(len(stop) - 1, len(self.pending)), 0, -1):
+                if self.pending.endswith(stop[:k]):
+                    hold = max(hold, k)
+                    break
+        out = self.pending[:len(self.pending) - hold]
+        self.pending = self.pending[len(out):]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+def prompt_tokens_for(engine: RastEngine, prompt: str | Sequence[int]) -> list[int]:
+    tokens = engine.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+    if not tokens:
+        raise PromptTooLongError("the prompt is empty after tokenization; give some text with -p")
+    if len(tokens) >= engine.n_ctx:
+        raise PromptTooLongError(
+            f"the prompt has {len(tokens)} tokens but the context holds {engine.n_ctx}; "
+            "use a larger -c/--ctx-size or a shorter prompt")
+    return tokens
+
+
+def stream_generate(engine: RastEngine, prompt: str | Sequence[int], *, max_tokens: int = 256,
+                    sampling: SamplingParams | None = None, stop: Sequence[str] = (),
+                    record_logits: bool = False, ignore_eos: bool = False) -> Iterator[GenerationResponse]:
+    sampling = sampling or SamplingParams()
+    tokens = prompt_tokens_for(engine, prompt)
+    n_prompt = len(tokens)
+
+    t0 = time.perf_counter()
+    engine.reset()
+    engine.feed(tokens)
+    prompt_tps = n_prompt / max(time.perf_counter() - t0, 1e-9)
+
+    sampler = engine.sampler(sampling)
+    sampler.set_record(record_logits)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    stops = _StopStringFilter(stop)
+    model = engine.model_large
+    t_gen = time.perf_counter()
+    try:
+        for n_generated in range(1, max_tokens + 1):
+            token = sampler.sample(-1)
+            logits = sampler.recorded_logits() if record_logits else None
+            finish = None
+            if model.is_eog(token) and not ignore_eos:
+                text, finish = stops.flush() + decoder.decode(b"", final=True), "stop"
+            else:
+                text, hit_stop = stops.push(decoder.decode(model.token_bytes(token)))
+                if hit_stop:
+                    finish = "stop"
+                elif n_generated == max_tokens:
+                    finish = "length"
+                elif engine.n_past >= engine.n_ctx:
+                    finish = "context"
+                if finish in ("length", "context"):
+                    text += stops.flush() + decoder.decode(b"", final=True)
+            gen_tps = n_generated / max(time.perf_counter() - t_gen, 1e-9)
+            yield GenerationResponse(text, token, n_prompt, prompt_tps, n_generated, gen_tps, finish, logits)
+            if finish:
+                return
+            engine.feed([token])
+    finally:
+        sampler.close()
+
+
+def generate(engine: RastEngine, prompt: str | Sequence[int], **kwargs) -> GenerationResult:
+    pieces, tokens, step_logits = [], [], []
+    last = None
+    for last in stream_generate(engine, prompt, **kwargs):
+        pieces.append(last.text)
+        tokens.append(last.token)
+        if last.logits is not None:
+            step_logits.append(last.logits)
+    return GenerationResult("".join(pieces), tokens, last.prompt_tokens, last.prompt_tps,
+                            last.generation_tokens, last.generation_tps, last.finish_reason, step_logits)

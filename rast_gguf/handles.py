@@ -1,0 +1,183 @@
+"""Owners of llama.cpp's C handles: one small class per handle, freed by close().
+
+`Model` owns a llama_model (loaded after the file passed `read_gguf_info`), `Context` a
+llama_context, `Batch` a llama_batch. Each frees its handle exactly once, in close() or at garbage
+collection, and turns llama.cpp's return codes into `rast_gguf.errors` exceptions right here at
+the boundary. Tokenization and detokenization live on `Model` because they only need its vocab.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+from rast_gguf._llama import C, addr, take_last_problem
+from rast_gguf.errors import DecodeError, ModelLoadError, PromptTooLongError
+from rast_gguf.gguf_file import GGUFInfo, read_gguf_info
+
+DECODE_NO_KV_SLOT = 1
+FLASH_ATTN_TYPES = {"auto": -1, "off": 0, "on": 1}  # enum llama_flash_attn_type
+
+
+class Model:
+    def __init__(self, path: str | os.PathLike, *, n_gpu_layers: int = 0, vocab_only: bool = False,
+                 use_mmap: bool = True):
+        self.path = Path(path)
+        self.info: GGUFInfo = read_gguf_info(self.path)
+        params = C.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        params.vocab_only = vocab_only
+        if hasattr(params, "use_mmap"):
+            params.use_mmap = use_mmap
+        take_last_problem()
+        handle = C.llama_model_load_from_file(str(self.path).encode(), params)
+        if not handle:
+            why = take_last_problem() or "llama.cpp gave no reason"
+            raise ModelLoadError(f"{self.path}: llama.cpp could not load the model ({why}); "
+                                 "check that this llama.cpp build supports its architecture and type")
+        self._handle = handle
+        self.vocab = C.llama_model_get_vocab(handle)
+        self.n_vocab: int = C.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx_train: int = C.llama_model_n_ctx_train(handle)
+        self.add_bos: bool = bool(C.llama_vocab_get_add_bos(self.vocab))
+
+    @property
+    def handle(self):
+        if self._handle is None:
+            raise ValueError(f"model {self.path} is closed")
+        return self._handle
+
+    @property
+    def address(self) -> int:
+        return addr(self.handle)
+
+    def close(self) -> None:
+        if getattr(self, "_handle", None) is not None:
+            C.llama_model_free(self._handle)
+            self._handle = None
+
+    __del__ = close
+
+    def tokenize(self, text: str, *, add_special: bool | None = None, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        add_special = self.add_bos if add_special is None else add_special
+        n_max = len(data) + 8
+        buf = (C.llama_token * n_max)()
+        n = C.llama_tokenize(self.vocab, data, len(data), buf, n_max, add_special, parse_special)
+        if n < 0:
+            buf = (C.llama_token * -n)()
+            n = C.llama_tokenize(self.vocab, data, len(data), buf, -n, add_special, parse_special)
+        return list(buf[:n])
+
+    def token_bytes(self, token: int, *, special: bool = False) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = C.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = C.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        return buf.raw[:n]
+
+    def token_text(self, token: int) -> str:
+        return C.llama_vocab_get_text(self.vocab, token).decode("utf-8", errors="replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(C.llama_vocab_is_eog(self.vocab, token))
+
+
+class Context:
+    def __init__(self, model: Model, *, n_ctx: int, n_batch: int = 512, n_threads: int | None = None,
+                 n_seq_max: int = 1, flash_attn: str = "auto"):
+        params = C.llama_context_default_params()
+        params.flash_attn_type = FLASH_ATTN_TYPES[flash_attn]
+        params.n_ctx = n_ctx
+        params.n_batch = n_batch
+        params.n_ubatch = min(n_batch, params.n_ubatch) if params.n_ubatch else n_batch
+        params.n_seq_max = n_seq_max
+        n_threads = n_threads or max(1, (os.cpu_count() or 2))
+        params.n_threads = n_threads
+        params.n_threads_batch = n_threads
+        params.no_perf = True
+        take_last_problem()
+        handle = C.llama_init_from_model(model.handle, params)
+        if not handle:
+            why = take_last_problem() or "llama.cpp gave no reason"
+            raise ModelLoadError(f"{model.path}: could not create a context of {n_ctx} tokens ({why}); "
+                                 "try a smaller -c or fewer GPU layers")
+        self._handle = handle
+        self.model = model
+        self.n_ctx: int = C.llama_n_ctx(handle)
+        self.n_batch = n_batch
+        self._memory = C.llama_get_memory(handle)
+
+    @property
+    def handle(self):
+        if self._handle is None:
+            raise ValueError("context is closed")
+        return self._handle
+
+    @property
+    def address(self) -> int:
+        return addr(self.handle)
+
+    def close(self) -> None:
+        if getattr(self, "_handle", None) is not None:
+            C.llama_free(self._handle)
+            self._handle = None
+
+    __del__ = close
+
+    def decode(self, batch: "Batch") -> None:
+        rc = C.llama_decode(self.handle, batch.struct)
+        if rc == DECODE_NO_KV_SLOT:
+            raise PromptTooLongError(f"the context of {self.n_ctx} tokens is full; start again with a larger -c "
+                                     "or a shorter prompt")
+        if rc != 0:
+            why = take_last_problem() or f"code {rc}"
+            raise DecodeError(f"llama_decode failed for {self.model.path.name}: {why}")
+
+    def clear(self) -> None:
+        C.llama_memory_clear(self._memory, True)
+
+    def remove_from(self, pos: int, seq_id: int = 0) -> None:
+        """Forget positions >= pos of one sequence (so a conversation can be rewound)."""
+        C.llama_memory_seq_rm(self._memory, seq_id, pos, -1)
+
+    def logits(self, idx: int = -1):
+        """A numpy copy of one output row of logits (for tests and analysis, not the hot path)."""
+        import numpy as np
+
+        ptr = C.llama_get_logits_ith(self.handle, idx)
+        return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).copy()
+
+
+class Batch:
+    def __init__(self, n_tokens_max: int):
+        self.n_tokens_max = n_tokens_max
+        self._batch = C.llama_batch_init(n_tokens_max, 0, 1)
+
+    @property
+    def struct(self):
+        return self._batch
+
+    def set_tokens(self, tokens: list[int], pos0: int, *, logits_last: bool = True, seq_id: int = 0) -> None:
+        n = len(tokens)
+        if n > self.n_tokens_max:
+            raise ValueError(f"batch holds {self.n_tokens_max} tokens, got {n}")
+        b = self._batch
+        b.n_tokens = n
+        for i, token in enumerate(tokens):
+            b.token[i] = token
+            b.pos[i] = pos0 + i
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = seq_id
+            b.logits[i] = False
+        if n and logits_last:
+            b.logits[n - 1] = True
+
+    def close(self) -> None:
+        if getattr(self, "_batch", None) is not None:
+            C.llama_batch_free(self._batch)
+            self._batch = None
+
+    __del__ = close

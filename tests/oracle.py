@@ -1,0 +1,59 @@
+"""An independent reference for RAST: each model run alone through llama-cpp-python's own `Llama`
+class, the three logit vectors combined in numpy. Nothing here imports the engine."""
+
+import llama_cpp
+
+import numpy as np
+
+from gguf import GGUFReader
+
+TOKEN_TYPE_UNUSED = 5
+
+
+class AloneModel:
+    """One model in its own llama-cpp-python Llama, fed token by token like the engine."""
+
+    def __init__(self, path, n_ctx=256, flash_attn=False):
+        self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=512, logits_all=True,
+                                   n_threads=2, flash_attn=flash_attn, verbose=False)
+
+    def start(self, prompt_tokens):
+        self.llm.reset()
+        self.llm.eval(prompt_tokens)
+        return self.last_logits()
+
+    def step(self, token):
+        self.llm.eval([token])
+        return self.last_logits()
+
+    def last_logits(self):
+        return np.array(self.llm.scores[self.llm.n_tokens - 1], dtype=np.float64)
+
+    def close(self):
+        self.llm.close()
+
+
+def unused_ids(path) -> np.ndarray:
+    reader = GGUFReader(str(path))
+    field = reader.fields["tokenizer.ggml.token_type"]
+    types = np.array([field.parts[i][0] for i in field.data])
+    return np.nonzero(types == TOKEN_TYPE_UNUSED)[0]
+
+
+def combine(z_large, pairs, n_shared, excluded):
+    """z_M + sum alpha (z_tuned - z_base) over the shared range; -inf elsewhere and on padding."""
+    z = np.full(z_large.shape, -np.inf)
+    z[:n_shared] = z_large[:n_shared]
+    for alpha, z_tuned, z_base in pairs:
+        z[:n_shared] += alpha * (z_tuned[:n_shared] - z_base[:n_shared])
+    z[excluded] = -np.inf
+    return z
+
+
+def log_softmax(z):
+    z = np.asarray(z, dtype=np.float64)
+    m = np.max(z[np.isfinite(z)])
+    out = z - m
+    finite = np.isfinite(out)
+    out[finite] -= np.log(np.sum(np.exp(out[finite])))
+    return out
