@@ -3,11 +3,15 @@ class, the three logit vectors combined in numpy. Nothing here imports the engin
 
 import llama_cpp
 
+import os
+
 import numpy as np
 
 from gguf import GGUFReader
 
 TOKEN_TYPE_UNUSED = 5
+# RAST_TEST_NGL=99 runs the oracle tests with every layer offloaded (on a GPU build).
+N_GPU_LAYERS = int(os.environ.get("RAST_TEST_NGL", "0"))
 
 
 class AloneModel:
@@ -15,7 +19,8 @@ class AloneModel:
 
     def __init__(self, path, n_ctx=256, flash_attn=False):
         self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=512, logits_all=True,
-                                   n_threads=2, flash_attn=flash_attn, verbose=False)
+                                   n_threads=2, flash_attn=flash_attn,
+                                   n_gpu_layers=N_GPU_LAYERS, verbose=False)
 
     def start(self, prompt_tokens):
         self.llm.reset()

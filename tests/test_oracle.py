@@ -5,7 +5,7 @@ import llama_cpp  # noqa: F401
 import numpy as np
 import pytest
 
-from oracle import AloneModel, combine, log_softmax, unused_ids
+from oracle import N_GPU_LAYERS, AloneModel, combine, log_softmax, unused_ids
 from rast_gguf import DeltaPair, RastEngine, SamplingParams, generate
 
 PROMPT = "Question: what is 12 + 35?\nAnswer: Let's think step by step."
@@ -34,7 +34,8 @@ def oracle_logprobs(t, tokens, prompt_tokens, alpha, n_shared, flash_attn=False)
 @pytest.mark.parametrize("which, flash_attn", [("triple", "off"), ("triple", "on"), ("padded_triple", "off")])
 def test_distribution_matches_oracle(which, flash_attn, alpha, request):
     t = request.getfixturevalue(which)
-    with RastEngine(t.large, [DeltaPair(str(t.tuned), str(t.base), alpha)], n_ctx=256, n_threads=2,
+    with RastEngine(t.large, [DeltaPair(str(t.tuned), str(t.base), alpha, N_GPU_LAYERS)], n_ctx=256, n_threads=2,
+                    n_gpu_layers=N_GPU_LAYERS,
                     flash_attn=flash_attn) as engine:
         prompt_tokens = engine.tokenize(PROMPT)
         result = generate(engine, PROMPT, max_tokens=N_STEPS, record_logits=True, ignore_eos=True,
@@ -54,7 +55,8 @@ def test_distribution_matches_oracle(which, flash_attn, alpha, request):
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0, 2.0])
 def test_greedy_sequence_matches_oracle(triple, alpha):
     t = triple
-    with RastEngine(t.large, [DeltaPair(str(t.tuned), str(t.base), alpha)], n_ctx=256, n_threads=2,
+    with RastEngine(t.large, [DeltaPair(str(t.tuned), str(t.base), alpha, N_GPU_LAYERS)], n_ctx=256, n_threads=2,
+                    n_gpu_layers=N_GPU_LAYERS,
                     flash_attn="off") as engine:
         prompt_tokens = engine.tokenize(PROMPT)
         result = generate(engine, PROMPT, max_tokens=N_STEPS, sampling=SamplingParams(temp=0))
@@ -78,10 +80,11 @@ def test_greedy_sequence_matches_oracle(triple, alpha):
 
 
 def test_alpha_zero_equals_large_model_alone(triple):
-    with RastEngine(triple.large, [DeltaPair(str(triple.tuned), str(triple.base), 0.0)], n_ctx=256,
-                    n_threads=2, flash_attn="off") as engine:
+    with RastEngine(triple.large, [DeltaPair(str(triple.tuned), str(triple.base), 0.0, N_GPU_LAYERS)],
+                    n_ctx=256, n_threads=2, flash_attn="off", n_gpu_layers=N_GPU_LAYERS) as engine:
         result = generate(engine, PROMPT, max_tokens=N_STEPS, sampling=SamplingParams(temp=0))
-    llm = llama_cpp.Llama(model_path=str(triple.large), n_ctx=256, n_threads=2, flash_attn=False, verbose=False)
+    llm = llama_cpp.Llama(model_path=str(triple.large), n_ctx=256, n_threads=2, flash_attn=False,
+                          n_gpu_layers=N_GPU_LAYERS, verbose=False)
     try:
         prompt_tokens = llm.tokenize(PROMPT.encode(), add_bos=True, special=True)
         alone_tokens = []
