@@ -2,7 +2,7 @@
 print the shared libraries the process had mapped just before the load. Used on the GPU machine
 to study the crash seen when numpy was imported before llama_cpp.
 
-    python benchmarks/import_order_probe.py numpy-first|llama-first|rast-numpy-first MODEL.gguf
+    python benchmarks/import_order_probe.py numpy-first|llama-first|blas-first|rast-numpy-first MODEL.gguf
 """
 
 import faulthandler
@@ -28,6 +28,13 @@ if order == "numpy-first":
 elif order == "llama-first":
     import llama_cpp  # noqa: F401
     import numpy  # noqa: F401
+elif order == "blas-first":  # only numpy's bundled libraries (OpenBLAS, gfortran...), no numpy module
+    import ctypes, glob, importlib.util
+    root = os.path.dirname(os.path.dirname(importlib.util.find_spec("numpy").origin))
+    for lib in sorted(glob.glob(os.path.join(root, "numpy.libs", "*.so*"))):
+        print("preloading", lib, flush=True)
+        ctypes.CDLL(lib, mode=ctypes.RTLD_LOCAL)
+    import llama_cpp  # noqa: F401
 elif order == "rast-numpy-first":
     import numpy  # noqa: F401
     import rast_gguf  # noqa: F401

@@ -90,6 +90,43 @@ rast_delta_ctx * rast_delta_get_ctx(llama_sampler * smpl) {
     return smpl->iface == &rast_delta_i ? (rast_delta_ctx *) smpl->ctx : nullptr;
 }
 
+rast_delta_stats rast_delta_step_stats(const rast_delta_ctx * ctx, const float * z_large, llama_token chosen) {
+    const size_t n_pairs = ctx->pairs.size();
+    std::vector<const float *> tuned(n_pairs), base(n_pairs);
+    for (size_t k = 0; k < n_pairs; ++k) {
+        tuned[k] = llama_get_logits_ith(ctx->pairs[k].ctx_tuned, ctx->output_index);
+        base[k]  = llama_get_logits_ith(ctx->pairs[k].ctx_base,  ctx->output_index);
+    }
+    auto rast_logit = [&](llama_token id) {
+        float z = z_large[id];
+        for (size_t k = 0; k < n_pairs; ++k) {
+            z += ctx->pairs[k].alpha * (tuned[k][id] - base[k][id]);
+        }
+        return z;
+    };
+
+    llama_token large_top = -1;
+    float max_large = -INFINITY, max_rast = -INFINITY;
+    for (llama_token id = 0; id < ctx->n_shared; ++id) {
+        if (ctx->excluded[id]) continue;
+        if (z_large[id] > max_large) { max_large = z_large[id]; large_top = id; }
+        max_rast = std::max(max_rast, rast_logit(id));
+    }
+    double sum_large = 0.0, sum_rast = 0.0;
+    for (llama_token id = 0; id < ctx->n_shared; ++id) {
+        if (ctx->excluded[id]) continue;
+        sum_large += std::exp((double) z_large[id] - max_large);
+        sum_rast  += std::exp((double) rast_logit(id) - max_rast);
+    }
+    const bool allowed = chosen >= 0 && chosen < ctx->n_shared && !ctx->excluded[chosen];
+    if (!allowed) {
+        return {large_top, -INFINITY, -INFINITY};
+    }
+    return {large_top,
+            (float) (z_large[chosen] - max_large - std::log(sum_large)),
+            (float) (rast_logit(chosen) - max_rast - std::log(sum_rast))};
+}
+
 static const char * rast_probe_name(const llama_sampler * /*smpl*/) {
     return "rast-probe";
 }

@@ -27,6 +27,18 @@ struct rast_delta_ctx {
 llama_sampler * rast_delta_init(std::vector<rast_pair> pairs, int32_t n_shared, std::vector<uint8_t> excluded);
 rast_delta_ctx * rast_delta_get_ctx(llama_sampler * smpl);
 
+// How the delta moved one step's choice: the large model's own top id and the log-probabilities of
+// the chosen id under the large model alone and under RAST (log-softmax over the ids the delta
+// sampler allows, before temperature and truncation).
+struct rast_delta_stats {
+    llama_token large_top;
+    float       logp_large;
+    float       logp_rast;
+};
+
+// z_large: the large model's logits at ctx->output_index (n_vocab wide, only ids < n_shared read).
+rast_delta_stats rast_delta_step_stats(const rast_delta_ctx * ctx, const float * z_large, llama_token chosen);
+
 struct rast_probe_ctx {
     bool               enabled = false;
     std::vector<float> logits;   // size n_vocab, -inf where a candidate was removed

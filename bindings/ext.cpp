@@ -30,6 +30,8 @@ struct SamplerChain {
     llama_sampler * delta     = nullptr; // owned by chain
     llama_sampler * probe     = nullptr; // owned by chain
     int32_t         n_vocab   = 0;
+    bool             track_delta = false;
+    rast_delta_stats last_delta  = {-1, 0.0f, 0.0f};
 
     SamplerChain(uintptr_t ctx_large_addr, const std::vector<std::tuple<float, uintptr_t, uintptr_t>> & pairs,
                  int32_t n_shared, float temp, int32_t top_k, float top_p, float min_p, uint32_t seed,
@@ -101,7 +103,24 @@ struct SamplerChain {
     int32_t sample(int32_t idx) {
         check_open();
         rast_delta_get_ctx(delta)->output_index = idx;
-        return llama_sampler_sample(chain, ctx_large, idx);
+        const llama_token token = llama_sampler_sample(chain, ctx_large, idx);
+        if (track_delta) {
+            last_delta = rast_delta_step_stats(rast_delta_get_ctx(delta), llama_get_logits_ith(ctx_large, idx), token);
+        }
+        return token;
+    }
+
+    // Per-step delta stats (an extra pass over the vocabulary per token), only while enabled.
+    void set_track_delta(bool enabled) {
+        check_open();
+        track_delta = enabled;
+    }
+
+    // (large model's top id, log p_large(chosen), log p_rast(chosen)) of the last sample().
+    std::tuple<int32_t, float, float> delta_stats() const {
+        check_open();
+        if (!track_delta) throw std::runtime_error("delta tracking is off; call set_track_delta(True) first");
+        return {last_delta.large_top, last_delta.logp_large, last_delta.logp_rast};
     }
 
     void set_alpha(size_t pair_index, float alpha) {
@@ -179,6 +198,8 @@ NB_MODULE(_ext, m) {
         .def("set_alpha", &SamplerChain::set_alpha, nb::arg("pair_index"), nb::arg("alpha"))
         .def("reset", &SamplerChain::reset)
         .def("set_record", &SamplerChain::set_record, nb::arg("enabled"))
+        .def("set_track_delta", &SamplerChain::set_track_delta, nb::arg("enabled"))
+        .def("delta_stats", &SamplerChain::delta_stats)
         .def("recorded_logits", &SamplerChain::recorded_logits)
         .def("names", &SamplerChain::names)
         .def("n_excluded", &SamplerChain::n_excluded)

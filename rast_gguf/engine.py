@@ -23,7 +23,7 @@ from rast_gguf.vocab import check_vocabularies
 class RastEngine:
     def __init__(self, large: str | os.PathLike, pairs: Sequence[DeltaPair] = (), *, n_ctx: int = 4096,
                  n_batch: int = 512, n_threads: int | None = None, n_gpu_layers: int = 0,
-                 flash_attn: str = "auto"):
+                 flash_attn: str = "auto", n_seq_max: int = 1):
         self._models: list[Model] = []
         self._contexts: list[Context] = []
         self._batch: Batch | None = None
@@ -31,6 +31,10 @@ class RastEngine:
         if flash_attn not in FLASH_ATTN_TYPES:
             raise UsageError(f"--flash-attn must be one of {', '.join(FLASH_ATTN_TYPES)}, got {flash_attn!r}")
         self.flash_attn = flash_attn
+        if n_seq_max < 1:
+            raise UsageError(f"the number of parallel sequences must be >= 1, got {n_seq_max}")
+        self.n_seq_max = n_seq_max
+        n_batch = max(n_batch, n_seq_max)
         try:
             self.model_large = self._load(large, n_gpu_layers, vocab_only=True)
             pair_models = [(self._load(p.tuned, p.n_gpu_layers, vocab_only=True),
@@ -47,13 +51,14 @@ class RastEngine:
                 tuned = self._context(self._load(pair.tuned, pair.n_gpu_layers), n_ctx, n_batch, n_threads)
                 base = self._context(self._load(pair.base, pair.n_gpu_layers), n_ctx, n_batch, n_threads)
                 self.pair_contexts.append((tuned, base))
-            self.n_ctx = self.ctx_large.n_ctx
+            self.n_ctx = self.ctx_large.n_ctx_seq  # per sequence
             self._batch = Batch(n_batch)
             self.n_batch = n_batch
         except BaseException:
             self.close()
             raise
         self.n_past = 0
+        self.n_decoded = 0  # tokens decoded by feed() over the engine's life (each in every context)
 
     def _load(self, path, n_gpu_layers: int, vocab_only: bool = False) -> Model:
         model = Model(path, n_gpu_layers=n_gpu_layers, vocab_only=vocab_only)
@@ -61,7 +66,8 @@ class RastEngine:
         return model
 
     def _context(self, model: Model, n_ctx: int, n_batch: int, n_threads: int | None) -> Context:
-        ctx = Context(model, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads, flash_attn=self.flash_attn)
+        ctx = Context(model, n_ctx=n_ctx * self.n_seq_max, n_batch=n_batch, n_threads=n_threads,
+                      n_seq_max=self.n_seq_max, flash_attn=self.flash_attn)
         self._contexts.append(ctx)
         return ctx
 
@@ -99,6 +105,15 @@ class RastEngine:
             for ctx in self._contexts:
                 ctx.decode(self._batch)
         self.n_past += len(tokens)
+        self.n_decoded += len(tokens)
+
+    def decode_entries(self, tokens: Sequence[int], positions: Sequence[int], seq_ids: Sequence[int],
+                       logits: Sequence[bool]) -> None:
+        """One llama_decode of entries from several sequences (at most n_batch) in every context;
+        the logits of entry i (one with logits=True) are then `sampler.sample(i)`'s, in every context."""
+        self._batch.set_entries(tokens, positions, seq_ids, logits)
+        for ctx in self._contexts:
+            ctx.decode(self._batch)
 
     def sampler(self, params: SamplingParams) -> _ext.SamplerChain:
         pairs = [(p.alpha, tuned.address, base.address) for p, (tuned, base) in zip(self.pairs, self.pair_contexts)]

@@ -41,3 +41,27 @@ class UsageError(RastError):
 
 class QuantizeError(RastError):
     """llama.cpp's quantizer failed."""
+
+
+class BatchInputError(RastError):
+    """A bad line in a batch input file (raised with --strict; otherwise reported and skipped)."""
+
+
+class BatchOutputError(RastError):
+    """A batch output file that cannot be resumed (not JSONL records of ours)."""
+
+
+class HubError(RastError):
+    """A hub reference that is malformed, names a missing repo or file, or cannot be fetched."""
+
+
+class ChatTemplateError(RastError):
+    """A model has no chat template, or the messages do not fit it."""
+
+
+class ContextFullError(PromptTooLongError):
+    """A chat conversation no longer fits in the context."""
+
+
+class ChatFileError(RastError):
+    """A saved chat (/save, /load) cannot be read or written."""

@@ -1,6 +1,8 @@
 """Generation on a RastEngine, in layers: `stream_generate` yields one `GenerationResponse` per
 token (token id, its text piece, running stats, and on the last one the finish reason);
-`generate` collects a stream into a `GenerationResult`.
+`generate` collects a stream into a `GenerationResult`. `stream_continue` is the same loop started
+from whatever the engine's contexts already hold (a chat turn whose prompt was fed incrementally).
+With `track_delta`, each response carries `DeltaStats`: how the small pair moved that step's choice.
 
 Prompts are raw text (tokenized with the large model's tokenizer, BOS as the model asks) or token
 ids; no chat template here. Stops: an end-of-generation token ("stop"), a stop string ("stop";
@@ -24,6 +26,27 @@ from rast_gguf.errors import PromptTooLongError
 from rast_gguf.sampling import SamplingParams
 
 
+@dataclass(frozen=True)
+class DeltaStats:
+    """One step: the large model's own top id, and log p(chosen) for the large model alone and for RAST
+    (log-softmax over the allowed ids, before temperature and truncation)."""
+
+    token: int
+    large_top: int
+    logp_large: float
+    logp_rast: float
+
+    @property
+    def changed(self) -> bool:
+        """RAST chose another token than the large model's own top one."""
+        return self.token != self.large_top
+
+    @property
+    def shift(self) -> float:
+        """log p_rast(chosen) - log p_large(chosen), in nats."""
+        return self.logp_rast - self.logp_large
+
+
 @dataclass
 class GenerationResponse:
     text: str
@@ -34,6 +57,7 @@ class GenerationResponse:
     generation_tps: float
     finish_reason: str | None = None
     logits: np.ndarray | None = None  # final candidate logits of this step, when record_logits
+    delta: DeltaStats | None = None     # when track_delta
 
 
 @dataclass
@@ -90,18 +114,28 @@ def prompt_tokens_for(engine: RastEngine, prompt: str | Sequence[int]) -> list[i
 
 def stream_generate(engine: RastEngine, prompt: str | Sequence[int], *, max_tokens: int = 256,
                     sampling: SamplingParams | None = None, stop: Sequence[str] = (),
-                    record_logits: bool = False, ignore_eos: bool = False) -> Iterator[GenerationResponse]:
-    sampling = sampling or SamplingParams()
+                    record_logits: bool = False, ignore_eos: bool = False,
+                    track_delta: bool = False) -> Iterator[GenerationResponse]:
     tokens = prompt_tokens_for(engine, prompt)
-    n_prompt = len(tokens)
-
     t0 = time.perf_counter()
     engine.reset()
     engine.feed(tokens)
-    prompt_tps = n_prompt / max(time.perf_counter() - t0, 1e-9)
+    prompt_tps = len(tokens) / max(time.perf_counter() - t0, 1e-9)
+    yield from stream_continue(engine, n_prompt=len(tokens), prompt_tps=prompt_tps, max_tokens=max_tokens,
+                               sampling=sampling, stop=stop, record_logits=record_logits, ignore_eos=ignore_eos,
+                               track_delta=track_delta)
 
+
+def stream_continue(engine: RastEngine, *, n_prompt: int, prompt_tps: float = 0.0, max_tokens: int = 256,
+                    sampling: SamplingParams | None = None, stop: Sequence[str] = (),
+                    record_logits: bool = False, ignore_eos: bool = False,
+                    track_delta: bool = False) -> Iterator[GenerationResponse]:
+    """Generate from the logits of the last token the engine was fed (n_prompt and prompt_tps only
+    label the responses). Each sampled token is fed before the next is drawn; the last one is not."""
+    sampling = sampling or SamplingParams()
     sampler = engine.sampler(sampling)
     sampler.set_record(record_logits)
+    sampler.set_track_delta(track_delta)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     stops = _StopStringFilter(stop)
     model = engine.model_large
@@ -110,6 +144,7 @@ def stream_generate(engine: RastEngine, prompt: str | Sequence[int], *, max_toke
         for n_generated in range(1, max_tokens + 1):
             token = sampler.sample(-1)
             logits = sampler.recorded_logits() if record_logits else None
+            delta = DeltaStats(token, *sampler.delta_stats()) if track_delta else None
             finish = None
             if model.is_eog(token) and not ignore_eos:
                 text, finish = stops.flush() + decoder.decode(b"", final=True), "stop"
@@ -124,7 +159,7 @@ def stream_generate(engine: RastEngine, prompt: str | Sequence[int], *, max_toke
                 if finish in ("length", "context"):
                     text += stops.flush() + decoder.decode(b"", final=True)
             gen_tps = n_generated / max(time.perf_counter() - t_gen, 1e-9)
-            yield GenerationResponse(text, token, n_prompt, prompt_tps, n_generated, gen_tps, finish, logits)
+            yield GenerationResponse(text, token, n_prompt, prompt_tps, n_generated, gen_tps, finish, logits, delta)
             if finish:
                 return
             engine.feed([token])

@@ -94,6 +94,7 @@ class Context:
         params.n_batch = n_batch
         params.n_ubatch = min(n_batch, params.n_ubatch) if params.n_ubatch else n_batch
         params.n_seq_max = n_seq_max
+        params.kv_unified = False  # each sequence gets its own n_ctx / n_seq_max cells
         n_threads = n_threads or max(1, (os.cpu_count() or 2))
         params.n_threads = n_threads
         params.n_threads_batch = n_threads
@@ -107,6 +108,7 @@ class Context:
         self._handle = handle
         self.model = model
         self.n_ctx: int = C.llama_n_ctx(handle)
+        self.n_ctx_seq: int = C.llama_n_ctx_seq(handle)
         self.n_batch = n_batch
         self._memory = C.llama_get_memory(handle)
 
@@ -174,6 +176,20 @@ class Batch:
             b.logits[i] = False
         if n and logits_last:
             b.logits[n - 1] = True
+
+    def set_entries(self, tokens: list[int], positions: list[int], seq_ids: list[int], logits: list[bool]) -> None:
+        """Tokens of several sequences in one batch; entry i is (tokens[i], positions[i], seq_ids[i])."""
+        n = len(tokens)
+        if n > self.n_tokens_max:
+            raise ValueError(f"batch holds {self.n_tokens_max} tokens, got {n}")
+        b = self._batch
+        b.n_tokens = n
+        for i in range(n):
+            b.token[i] = tokens[i]
+            b.pos[i] = positions[i]
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = seq_ids[i]
+            b.logits[i] = logits[i]
 
     def close(self) -> None:
         if getattr(self, "_batch", None) is not None:

@@ -7,7 +7,10 @@ import sys
 
 import typer
 
+from rast_gguf.cli.batch import batch_command
+from rast_gguf.cli.chat import chat_command
 from rast_gguf.cli.check import check_command
+from rast_gguf.cli.convert import convert_command, quantize_command
 from rast_gguf.cli.generate import generate_command
 
 app = typer.Typer(name="rast", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -15,6 +18,10 @@ app = typer.Typer(name="rast", no_args_is_help=True, add_completion=False, prett
                   context_settings={"help_option_names": ["-h", "--help"]})
 app.command("generate")(generate_command)
 app.command("check")(check_command)
+app.command("chat")(chat_command)
+app.command("batch")(batch_command)
+app.command("convert")(convert_command)
+app.command("quantize")(quantize_command)
 
 
 def main() -> None:

@@ -1,0 +1,65 @@
+"""Chat messages to prompt text with the large model's own chat template.
+
+`render_messages(model, messages)` reads `tokenizer.chat_template` from the GGUF and renders it the
+way llama-cpp-python does (its `Jinja2ChatFormatter`: sandboxed Jinja2, trim_blocks/lstrip_blocks,
+`bos_token`/`eos_token` as the vocabulary's text for those ids). The result already holds every
+special token the template wants, so it is tokenized with `add_special=False` (and special tokens
+parsed), as llama-cpp-python does. A model without a template raises ChatTemplateError; raw
+prompts (no template) are the caller's business.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from rast_gguf._llama import C
+from rast_gguf.errors import ChatTemplateError
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def chat_template(model) -> str | None:
+    """The model's default chat template (GGUF `tokenizer.chat_template`), or None."""
+    model = getattr(model, "model_large", model)
+    raw = C.llama_model_chat_template(model.handle, None)
+    return raw.decode("utf-8") if raw else None
+
+
+def check_messages(messages: Sequence[Mapping]) -> list[dict]:
+    """Messages as plain {"role", "content"} dicts; ChatTemplateError says which one is malformed."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise ChatTemplateError("messages must be a list of {\"role\": ..., \"content\": ...} objects")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise ChatTemplateError(f"message {i} must be an object with a role ({', '.join(ROLES)}) and a string "
+                                    f"content, got {m!r:.80}")
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def _special_text(model, token: int) -> str:
+    return model.token_text(token) if token >= 0 else ""
+
+
+def render_messages(model, messages: Sequence[Mapping], add_generation_prompt: bool = True) -> str:
+    """Prompt text for messages, by the template of `model` (a Model, or an engine: its large model)."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    model = getattr(model, "model_large", model)
+    template = chat_template(model)
+    if template is None:
+        raise ChatTemplateError(f"{model.path.name} has no chat template (tokenizer.chat_template); "
+                                "use --raw to chat without one")
+    formatter = Jinja2ChatFormatter(template=template,
+                                    eos_token=_special_text(model, C.llama_vocab_eos(model.vocab)),
+                                    bos_token=_special_text(model, C.llama_vocab_bos(model.vocab)),
+                                    add_generation_prompt=add_generation_prompt)
+    try:
+        return formatter(messages=check_messages(messages)).prompt
+    except ChatTemplateError:
+        raise
+    except Exception as e:  # jinja2 errors and the template's own raise_exception
+        first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ChatTemplateError(f"the chat template of {model.path.name} failed to render: {first_line}; "
+                                "check the messages, or use --raw") from e

@@ -1,0 +1,195 @@
+"""`rast chat`: an interactive, streaming, multi-turn chat over a ChatSession.
+
+Line editing and history come from readline (history in the rast cache directory). Ctrl-C stops
+the current answer and keeps the session (at the prompt it just starts a new line); Ctrl-D leaves.
+Lines starting with "/" are commands (see HELP). Errors inside the chat print one line and the chat
+goes on.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional, TextIO
+
+import typer
+
+from rast_gguf.cli import options as o
+from rast_gguf.cli.models import resolve_models
+
+PROMPT = ">>> "
+HELP = """commands:
+  /alpha X     set alpha of every pair (from the next answer on)
+  /temp X      set the temperature (0: greedy)
+  /reset       forget the conversation (the system prompt stays)
+  /save FILE   save the messages and settings as JSON
+  /load FILE   load a saved chat and decode it
+  /stats       speed of the last turn and how full the context is
+  /help        this list
+Ctrl-C stops an answer (what was said stays); Ctrl-D leaves."""
+
+
+def chat_command(
+    large: o.Large = None, base: o.Base = None, tuned: o.Tuned = None, alpha: o.Alpha = None,
+    system: Annotated[Optional[str], typer.Option("--system", help="System prompt.", show_default=False)] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="No chat template: the conversation is plain text (base models).")] = False,
+    show_delta: Annotated[bool, typer.Option("--show-delta", help="Colour tokens by how much the small pair moved them.")] = False,
+    ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Generate past end-of-generation tokens (until -n).")] = False,
+    n_predict: o.NPredict = 512, ctx_size: o.CtxSize = 4096, batch_size: o.BatchSize = 512,
+    n_gpu_layers: o.NGpuLayers = 0, n_gpu_layers_small: o.NGpuLayersSmall = None, threads: o.Threads = None,
+    temp: o.Temp = 0.8, top_k: o.TopK = 40, top_p: o.TopP = 0.95, min_p: o.MinP = 0.05,
+    seed: o.Seed = 0xFFFFFFFF, sampler_order: o.SamplerOrder = "llama", verbose: o.Verbose = False,
+):
+    """Chat with RAST: streaming, multi-turn, with the large model's chat template.
+
+    Example: rast chat -m Qwen2.5-7B-Instruct-Q4_K_M.gguf --base Qwen2.5-1.5B-Q8_0.gguf
+    --tuned Qwen2.5-1.5B-SimpleRL-Zoo-Q8_0.gguf --alpha 0.5 --system "Think step by step." --show-delta
+    """
+    from rast_gguf import _llama
+    from rast_gguf.chat import ChatSession
+    from rast_gguf.engine import RastEngine
+    from rast_gguf.sampling import SamplingParams
+
+    _llama.set_verbose(verbose)
+    sampling = SamplingParams(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed, order=sampler_order)
+    large_path, pairs = resolve_models(large, base, tuned, alpha, n_gpu_layers, n_gpu_layers_small)
+    with RastEngine(large_path, pairs, n_ctx=ctx_size, n_batch=batch_size, n_threads=threads,
+                    n_gpu_layers=n_gpu_layers) as engine:
+        session = ChatSession(engine, system=system, raw=raw, sampling=sampling, max_tokens=n_predict,
+                              ignore_eos=ignore_eos, track_delta=show_delta)
+        alphas = ", ".join(f"{p.alpha:g}" for p in engine.pairs) or "none"
+        print(f"rast chat: {Path(large_path).name} + {len(engine.pairs)} pair(s), alpha {alphas}, "
+              f"context {engine.n_ctx}. /help lists commands; Ctrl-C stops an answer, Ctrl-D leaves.")
+        run_chat(session, show_delta=show_delta)
+
+
+def _setup_history() -> Path | None:
+    try:
+        import readline
+    except ImportError:
+        return None
+    from rast_gguf.defaults import cache_dir
+
+    path = cache_dir() / "chat_history"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            readline.read_history_file(path)
+    except OSError:
+        return None
+    readline.set_history_length(1000)
+    return path
+
+
+def _save_history(path: Path | None) -> None:
+    if path is not None:
+        import readline
+
+        try:
+            readline.write_history_file(path)
+        except OSError:
+            pass
+
+
+def run_chat(session, *, show_delta: bool = False, out: TextIO = sys.stdout) -> None:
+    from rast_gguf.delta_view import legend, use_color
+
+    color = use_color(out)
+    if show_delta:
+        print(legend(color), file=out)
+        if not color:
+            print("(no colours: not a terminal, or NO_COLOR is set; /stats counts the changed tokens)", file=out)
+    history = _setup_history() if sys.stdin.isatty() else None
+    try:
+        while True:
+            try:
+                line = input(PROMPT)
+            except KeyboardInterrupt:
+                print(file=out)
+                continue
+            except EOFError:
+                print(file=out)
+                return
+            if not line.strip():
+                continue
+            try:
+                if line.startswith("/"):
+                    run_command(session, line, out)
+                else:
+                    answer(session, line, color=color and show_delta, out=out)
+            except KeyboardInterrupt:
+                print("\n[interrupted]", file=out)
+            except Exception as e:
+                from rast_gguf.errors import RastError
+
+                if not isinstance(e, RastError):
+                    raise
+                print(f"error: {e}", file=out)
+    finally:
+        _save_history(history)
+
+
+def answer(session, line: str, *, color: bool, out: TextIO) -> None:
+    from rast_gguf.delta_view import colorize
+
+    stream = session.stream_turn(line)
+    try:
+        for response in stream:
+            out.write(colorize(response.text, response.delta, color))
+            out.flush()
+    except KeyboardInterrupt:
+        stream.close()  # the partial answer joins the history and the caches are settled
+        print("\n[interrupted: the answer so far stays in the conversation]", file=out)
+        return
+    print(file=out)
+    if session.last.finish_reason == "context":
+        print(f"[context full: {session.n_past}/{session.n_ctx} tokens; type /reset to start over]", file=out)
+    elif session.last.finish_reason == "length":
+        print(f"[stopped at the limit of {session.max_tokens} tokens (-n)]", file=out)
+
+
+def run_command(session, line: str, out: TextIO) -> None:
+    from rast_gguf.errors import UsageError
+
+    name, _, arg = line.strip().partition(" ")
+    arg = arg.strip()
+
+    def number() -> float:
+        try:
+            return float(arg)
+        except ValueError:
+            raise UsageError(f"{name} needs a number, got {arg!r}") from None
+
+    if name == "/help":
+        print(HELP, file=out)
+    elif name == "/alpha":
+        session.set_alpha(number())
+        print(f"alpha = {session.engine.pairs[0].alpha:g} (all pairs)", file=out)
+    elif name == "/temp":
+        session.set_temp(number())
+        print(f"temp = {session.sampling.temp:g}", file=out)
+    elif name == "/reset":
+        session.reset()
+        print("conversation reset", file=out)
+    elif name in ("/save", "/load"):
+        if not arg:
+            raise UsageError(f"{name} needs a file name")
+        if name == "/save":
+            print(f"saved {len(session.messages)} messages to {session.save(arg)}", file=out)
+        else:
+            session.load(arg)
+            print(f"loaded {len(session.messages)} messages from {arg} ({session.n_past} tokens)", file=out)
+    elif name == "/stats":
+        print(format_stats(session), file=out)
+    else:
+        raise UsageError(f"unknown command {name}; /help lists the commands")
+
+
+def format_stats(session) -> str:
+    last = session.last
+    line = (f"context: {session.n_past}/{session.n_ctx} tokens | last turn: prompt {last.prompt_tokens} tokens, "
+            f"{last.prompt_decoded} decoded ({last.prompt_tps:.1f} tokens/s); generated {last.generation_tokens} "
+            f"tokens ({last.generation_tps:.1f} tokens/s)")
+    if session.track_delta:
+        line += f"; {last.changed_tokens} changed by the delta"
+    return line
