@@ -2,7 +2,7 @@
 print the shared libraries the process had mapped just before the load. Used on the GPU machine
 to study the crash seen when numpy was imported before llama_cpp.
 
-    python benchmarks/import_order_probe.py numpy-first|llama-first|blas-first|rast-numpy-first MODEL.gguf
+    python benchmarks/import_order_probe.py numpy-first|llama-first|blas-first|rast-numpy-first|numpy-llama-rast MODEL.gguf
 """
 
 import faulthandler
@@ -38,13 +38,17 @@ elif order == "blas-first":  # only numpy's bundled libraries (OpenBLAS, gfortra
 elif order == "rast-numpy-first":
     import numpy  # noqa: F401
     import rast_gguf  # noqa: F401
+elif order == "numpy-llama-rast":  # too late for the fix: libllama was bound before rast_gguf ran
+    import numpy  # noqa: F401
+    import llama_cpp  # noqa: F401
+    import rast_gguf  # noqa: F401
 else:
     raise SystemExit(f"unknown order {order}")
 
 with open(os.environ.get("PROBE_LIBS", "/dev/null"), "w") as f:
     f.write("\n".join(mapped_libs()) + "\n")
 
-if order.startswith("rast"):
+if order.startswith("rast") or order.endswith("rast"):
     from rast_gguf.handles import Model
 
     model = Model(path, n_gpu_layers=99)

@@ -3,6 +3,7 @@
 // raw llama_context / llama_model addresses from llama-cpp-python; this module never owns them.
 // One SamplerChain owns one llama_sampler chain and frees it in close() (or on destruction).
 #include "delta_sampler.h"
+#include "parallel_decode.h"
 
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
@@ -206,6 +207,24 @@ NB_MODULE(_ext, m) {
         .def("time_delta_apply", &SamplerChain::time_delta_apply, nb::arg("idx"), nb::arg("n_iter"),
              nb::call_guard<nb::gil_scoped_release>())
         .def("close", &SamplerChain::close);
+
+    nb::class_<ParallelDecoder>(m, "ParallelDecoder")
+        .def("__init__",
+             [](ParallelDecoder * self, const std::vector<uintptr_t> & ctx_addrs) {
+                 std::vector<llama_context *> contexts;
+                 for (uintptr_t a : ctx_addrs) contexts.push_back(from_addr<llama_context>(a));
+                 if (contexts.empty()) throw std::invalid_argument("no contexts to decode");
+                 new (self) ParallelDecoder(std::move(contexts));
+             },
+             nb::arg("contexts"))
+        // batch: the address of a llama_batch struct (ctypes.addressof); one return code per context.
+        .def("decode_all",
+             [](ParallelDecoder & self, uintptr_t batch_addr) {
+                 if (!self.is_open()) throw std::runtime_error("parallel decoder is closed");
+                 return self.decode_all(*from_addr<llama_batch>(batch_addr));
+             },
+             nb::arg("batch"), nb::call_guard<nb::gil_scoped_release>())
+        .def("close", &ParallelDecoder::close, nb::call_guard<nb::gil_scoped_release>());
 
     m.def("vocab_first_mismatch",
           [](uintptr_t model_a, uintptr_t model_b, int32_t n) {

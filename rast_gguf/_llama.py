@@ -15,6 +15,7 @@ import ctypes
 import os
 import sys
 
+from rast_gguf import _preload  # noqa: F401  (one libstdc++ for the process; must precede llama_cpp)
 import llama_cpp  # noqa: F401  (loads libllama; must precede rast_gguf._ext)
 from llama_cpp import llama_cpp as C
 

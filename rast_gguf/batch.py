@@ -91,9 +91,9 @@ def _prompt_tokens(engine: RastEngine, record: BatchRecord) -> list[int]:
     if record.prompt is not None:
         tokens = engine.tokenize(record.prompt)
     else:
-        from rast_gguf.chat_template import render_messages
+        from rast_gguf.chat_template import prompt_tokens
 
-        tokens = engine.tokenize(render_messages(engine, record.messages))
+        tokens = prompt_tokens(engine, record.messages)
     if not tokens:
         raise BatchInputError("the prompt is empty after tokenization")
     if len(tokens) >= engine.n_ctx:
@@ -159,7 +159,8 @@ class _Sequence:
 
 def decode_wave(engine: RastEngine, jobs: Sequence[Job], *, ignore_eos: bool = False) -> list[Sample]:
     """Decode up to engine.n_seq_max jobs together, sequence i in KV sequence i."""
-    engine.reset()
+    for ctx in engine.contexts:  # forget every sequence; unlike reset() this does not zero the KV buffers
+        ctx.remove_from(0, seq_id=-1)
     prefill = [(token, pos, seq) for seq, job in enumerate(jobs) for pos, token in enumerate(job.tokens[:-1])]
     for start in range(0, len(prefill), engine.n_batch):
         chunk = prefill[start:start + engine.n_batch]
@@ -220,8 +221,8 @@ def run_batch(engine: RastEngine, records: Sequence[BatchRecord], out_path: str 
     wave_size = engine.n_seq_max
     t0 = time.perf_counter()
     with open(out_path, "a", encoding="utf-8", newline="\n") as out, \
-            tqdm(total=len(n_prompt), initial=summary.n_resumed, unit="rec", file=sys.stderr, disable=not progress,
-                 dynamic_ncols=True) as bar:
+            tqdm(total=len(n_prompt), initial=summary.n_resumed, unit="rec", file=sys.stderr, dynamic_ncols=True,
+                 disable=None if progress else True) as bar:
         for start in range(0, len(jobs), wave_size):
             wave = jobs[start:start + wave_size]
             if all(job.record.key in done for job in wave):
@@ -231,15 +232,16 @@ def run_batch(engine: RastEngine, records: Sequence[BatchRecord], out_path: str 
             for job, sample in zip(wave, samples):
                 slots.setdefault(job.record_index, [None] * job.record.n)[job.sample_index] = sample
             for index in sorted({job.record_index for job in wave}):
-                record_samples = slots[index]
                 record = records[index]
-                if None in record_samples or record.key in done:
+                if None in slots[index]:
+                    continue  # its other samples are in the next wave
+                record_samples = slots.pop(index)
+                if record.key in done:
                     continue
                 line = json.dumps(result_record(record, record_samples, n_prompt[index]), ensure_ascii=False)
                 out.write(line + "\n")
                 out.flush()
                 done.add(record.key)
-                del slots[index]
                 summary.n_written += 1
                 bar.update(1)
             summary.seconds = time.perf_counter() - t0
@@ -251,7 +253,5 @@ def run_batch(engine: RastEngine, records: Sequence[BatchRecord], out_path: str 
 def batch_file(engine: RastEngine, in_path: str | os.PathLike, out_path: str | os.PathLike, *,
                sampling: SamplingParams, max_tokens: int, **kwargs) -> BatchSummary:
     """run_batch over a JSONL file, with `sampling` and `max_tokens` as the records' defaults."""
-    if sampling.seed == SEED_RANDOM:
-        raise BatchInputError("a batch needs a fixed --seed so that a restarted run makes the same outputs")
     records, problems = read_records(in_path, sampling, max_tokens)
     return run_batch(engine, records, out_path, problems=problems, **kwargs)

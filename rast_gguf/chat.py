@@ -5,7 +5,8 @@ A `ChatSession` holds the messages and `tokens`, exactly what every context of t
 model's chat template, or plain text with `raw=True`); when the new text extends the text already
 cached, only its tail is tokenized, otherwise the whole text is and the caches are rewound to the
 longest common token prefix. Either way only tokens not yet in the caches are decoded, so a turn's
-cost does not grow with the conversation. An answer stopped early (Ctrl-C, closing the stream, an
+cost does not grow with the conversation. When a turn ends, every answer token but an
+end-of-generation one is in the caches. An answer stopped early (Ctrl-C, closing the stream, an
 exception) stays in the history as far as it got; the caches are rewound to the last token every
 context decoded, so the history and the caches agree whatever was interrupted. The session knows
 nothing about terminals; `rast chat` (rast_gguf.cli.chat) is the interactive front end.
@@ -143,11 +144,18 @@ class ChatSession:
         finally:
             stream.close()
             self._settle(tokens + answer)
-            fed = self.tokens[len(tokens):]
             model = self.engine.model_large
             shown = [t for t in answer if self.ignore_eos or not model.is_eog(t)]
+            unfed = shown[len(self.tokens) - len(tokens):]
+            if unfed and self.engine.n_past + len(unfed) < self.n_ctx:
+                # the answer's last token(s) now rather than next turn: then the caches spell the
+                # answer exactly as the history has it (no cut UTF-8 character at the end)
+                try:
+                    self.engine.feed(unfed)
+                finally:
+                    self._settle(tokens + shown)
             self.messages = messages + [{"role": "assistant", "content": self._detokenize(shown)}]
-            self._text = text + self._detokenize(fed)
+            self._text = text + self._detokenize(self.tokens[len(tokens):])
 
     def ask(self, user_text: str) -> str:
         """One whole turn; the answer's text."""

@@ -63,3 +63,9 @@ def render_messages(model, messages: Sequence[Mapping], add_generation_prompt: b
         first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ChatTemplateError(f"the chat template of {model.path.name} failed to render: {first_line}; "
                                 "check the messages, or use --raw") from e
+
+
+def prompt_tokens(model, messages: Sequence[Mapping], add_generation_prompt: bool = True) -> list[int]:
+    """The rendered messages as token ids: special tokens parsed, no BOS added (the template has it)."""
+    model = getattr(model, "model_large", model)
+    return model.tokenize(render_messages(model, messages, add_generation_prompt), add_special=False)

@@ -4,7 +4,11 @@ llama.cpp contexts kept in step over the same tokens.
 The engine knows models, contexts and positions; it does not know prompts, text or stop rules
 (that is rast_gguf.generate). `feed(tokens)` appends tokens to every context (batched, logits for
 the last one only); `sampler(params)` builds the C++ chain whose first link adds the pairs' delta
-to the large model's logits for that last position. All files are validated and all
+to the large model's logits for that last position. With overlap=True one feed decodes all
+contexts at once: the large one on the caller's thread, each small one on a C++ worker thread
+(`_ext.ParallelDecoder`). Off by default: on CUDA llama_decode only queues work (0.2-0.5 ms of a
+5-6 ms token on an H100), so the plain loop already overlaps the CPU side, and the threads measured
+no faster (BENCHMARKS.md). All files are validated and all
 vocabularies checked before any context is created; close() frees everything in reverse order.
 """
 
@@ -13,7 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from rast_gguf import _ext
+from rast_gguf import _ext, memory
 from rast_gguf.errors import PromptTooLongError, UsageError
 from rast_gguf.handles import FLASH_ATTN_TYPES, Batch, Context, Model
 from rast_gguf.sampling import DeltaPair, SamplingParams, check_alpha
@@ -23,8 +27,9 @@ from rast_gguf.vocab import check_vocabularies
 class RastEngine:
     def __init__(self, large: str | os.PathLike, pairs: Sequence[DeltaPair] = (), *, n_ctx: int = 4096,
                  n_batch: int = 512, n_threads: int | None = None, n_gpu_layers: int = 0,
-                 flash_attn: str = "auto", n_seq_max: int = 1):
+                 flash_attn: str = "auto", n_seq_max: int = 1, overlap: bool = False):
         self._models: list[Model] = []
+        self._decoder: _ext.ParallelDecoder | None = None
         self._contexts: list[Context] = []
         self._batch: Batch | None = None
         self.pairs = list(pairs)
@@ -32,7 +37,7 @@ class RastEngine:
             raise UsageError(f"--flash-attn must be one of {', '.join(FLASH_ATTN_TYPES)}, got {flash_attn!r}")
         self.flash_attn = flash_attn
         if n_seq_max < 1:
-            raise UsageError(f"the number of parallel sequences must be >= 1, got {n_seq_max}")
+            raise UsageError(f"the number of parallel sequences (-np) must be >= 1, got {n_seq_max}")
         self.n_seq_max = n_seq_max
         n_batch = max(n_batch, n_seq_max)
         try:
@@ -44,6 +49,10 @@ class RastEngine:
                 model.close()
             self._models.clear()
 
+            # refuse up front, with the estimate, rather than fail inside llama.cpp's allocator
+            memory.check_fits([(large, n_gpu_layers)] + [(path, p.n_gpu_layers) for p in self.pairs
+                                                          for path in (p.tuned, p.base)],
+                              n_ctx=n_ctx * n_seq_max, n_batch=n_batch)
             self.model_large = self._load(large, n_gpu_layers)
             self.ctx_large = self._context(self.model_large, n_ctx, n_batch, n_threads)
             self.pair_contexts: list[tuple[Context, Context]] = []
@@ -52,8 +61,11 @@ class RastEngine:
                 base = self._context(self._load(pair.base, pair.n_gpu_layers), n_ctx, n_batch, n_threads)
                 self.pair_contexts.append((tuned, base))
             self.n_ctx = self.ctx_large.n_ctx_seq  # per sequence
+            n_batch = min(ctx.n_batch for ctx in self._contexts)
             self._batch = Batch(n_batch)
             self.n_batch = n_batch
+            if overlap and len(self._contexts) > 1:
+                self._decoder = _ext.ParallelDecoder([ctx.address for ctx in self._contexts])
         except BaseException:
             self.close()
             raise
@@ -102,8 +114,7 @@ class RastEngine:
         for start in range(0, len(tokens), self.n_batch):
             chunk = list(tokens[start:start + self.n_batch])
             self._batch.set_tokens(chunk, self.n_past + start, logits_last=True)
-            for ctx in self._contexts:
-                ctx.decode(self._batch)
+            self._decode_batch()
         self.n_past += len(tokens)
         self.n_decoded += len(tokens)
 
@@ -112,8 +123,20 @@ class RastEngine:
         """One llama_decode of entries from several sequences (at most n_batch) in every context;
         the logits of entry i (one with logits=True) are then `sampler.sample(i)`'s, in every context."""
         self._batch.set_entries(tokens, positions, seq_ids, logits)
-        for ctx in self._contexts:
-            ctx.decode(self._batch)
+        self._decode_batch()
+
+    @property
+    def overlap(self) -> bool:
+        """Whether the contexts decode concurrently (the large one on the caller's thread)."""
+        return self._decoder is not None
+
+    def _decode_batch(self) -> None:
+        if self._decoder is None:
+            for ctx in self._contexts:
+                ctx.decode(self._batch)
+            return
+        for ctx, rc in zip(self._contexts, self._decoder.decode_all(self._batch.address)):
+            ctx.check_decode(rc)
 
     def sampler(self, params: SamplingParams) -> _ext.SamplerChain:
         pairs = [(p.alpha, tuned.address, base.address) for p, (tuned, base) in zip(self.pairs, self.pair_contexts)]
@@ -129,6 +152,9 @@ class RastEngine:
             self.pairs[i] = DeltaPair(p.tuned, p.base, alpha, p.n_gpu_layers)
 
     def close(self) -> None:
+        if getattr(self, "_decoder", None) is not None:  # its threads use the contexts: stop it first
+            self._decoder.close()
+            self._decoder = None
         if self._batch is not None:
             self._batch.close()
             self._batch = None

@@ -65,3 +65,11 @@ class ContextFullError(PromptTooLongError):
 
 class ChatFileError(RastError):
     """A saved chat (/save, /load) cannot be read or written."""
+
+
+class DatasetError(RastError):
+    """An evaluation dataset that cannot be read (missing file, bad JSON, missing fields, duplicate ids)."""
+
+
+class OutOfMemoryError(RastError):
+    """The models would not fit in GPU memory (estimated before anything is loaded)."""

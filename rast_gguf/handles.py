@@ -109,7 +109,7 @@ class Context:
         self.model = model
         self.n_ctx: int = C.llama_n_ctx(handle)
         self.n_ctx_seq: int = C.llama_n_ctx_seq(handle)
-        self.n_batch = n_batch
+        self.n_batch: int = C.llama_n_batch(handle)  # llama.cpp caps it at n_ctx
         self._memory = C.llama_get_memory(handle)
 
     @property
@@ -130,7 +130,10 @@ class Context:
     __del__ = close
 
     def decode(self, batch: "Batch") -> None:
-        rc = C.llama_decode(self.handle, batch.struct)
+        self.check_decode(C.llama_decode(self.handle, batch.struct))
+
+    def check_decode(self, rc: int) -> None:
+        """Turn llama_decode's return code for this context into an exception (0: nothing)."""
         if rc == DECODE_NO_KV_SLOT:
             raise PromptTooLongError(f"the context of {self.n_ctx} tokens is full; start again with a larger -c "
                                      "or a shorter prompt")
@@ -161,6 +164,11 @@ class Batch:
     @property
     def struct(self):
         return self._batch
+
+    @property
+    def address(self) -> int:
+        """The llama_batch struct's address, for the C++ extension."""
+        return ctypes.addressof(self.struct)
 
     def set_tokens(self, tokens: list[int], pos0: int, *, logits_last: bool = True, seq_id: int = 0) -> None:
         n = len(tokens)

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rast_gguf.errors import RastError, SamplingParamsError
+from rast_gguf.errors import BatchInputError, RastError, SamplingParamsError
 from rast_gguf.sampling import SEED_RANDOM, SamplingParams
 
 SAMPLING_FIELDS = ("temp", "top_k", "top_p", "min_p", "seed")
@@ -144,6 +144,9 @@ def parse_lines(lines: Iterable[bytes], sampling: SamplingParams, max_tokens: in
 
 def read_records(path: str | Path, sampling: SamplingParams, max_tokens: int
                  ) -> tuple[list[BatchRecord], list[tuple[int, str]]]:
+    """parse_lines over a file; the defaults must have a fixed seed (each sample's seed derives from it)."""
+    if sampling.seed == SEED_RANDOM:
+        raise BatchInputError("a batch needs a fixed --seed so that a restarted run makes the same outputs")
     path = Path(path)
     try:
         data = path.read_bytes()

@@ -1,7 +1,7 @@
 """Shared fixtures: tiny synthetic GGUF triples written once per test session with the project's
 own writer (random weights, a real byte-level BPE tokenizer)."""
 
-import llama_cpp  # noqa: F401  (keep libllama first in every test process)
+import rast_gguf  # noqa: F401  (one libstdc++ first, then libllama: see rast_gguf/_preload.py)
 
 import dataclasses
 from pathlib import Path

@@ -18,7 +18,9 @@ class AloneModel:
     """One model in its own llama-cpp-python Llama, fed token by token like the engine."""
 
     def __init__(self, path, n_ctx=256, flash_attn=False):
-        self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=512, logits_all=True,
+        # logits of the last position only, as the engine asks: with logits_all the output matrix runs
+        # as a batched GEMM over the whole prompt, which on CUDA is TF32 (~1e-2 off in logprobs)
+        self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=512, logits_all=False,
                                    n_threads=2, flash_attn=flash_attn,
                                    n_gpu_layers=N_GPU_LAYERS, verbose=False)
 
@@ -32,7 +34,8 @@ class AloneModel:
         return self.last_logits()
 
     def last_logits(self):
-        return np.array(self.llm.scores[self.llm.n_tokens - 1], dtype=np.float64)
+        row = llama_cpp.llama_get_logits_ith(self.llm._ctx.ctx, -1)
+        return np.ctypeslib.as_array(row, shape=(self.llm.n_vocab(),)).astype(np.float64)
 
     def close(self):
         self.llm.close()

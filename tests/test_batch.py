@@ -1,5 +1,8 @@
 """`rast batch`: records parsed with line numbers, parallel sequences equal to one-at-a-time
-generation, SIGKILL at random points and resume, bad lines, determinism."""
+generation, SIGKILL at random points and resume, bad lines, determinism.
+
+One thread per model: on a loaded machine llama.cpp's spinning worker threads slow tiny models
+down many times over."""
 
 import llama_cpp  # noqa: F401
 
@@ -85,14 +88,14 @@ def test_parallel_sequences_equal_one_at_a_time_generation(triple, pairs, tmp_pa
             {"id": "stop", "prompt": "One, two, three,", "stop": [" t", "e"], "seed": 123}]
     records, problems = read_records(write_jsonl(tmp_path / "in.jsonl", rows), DEFAULTS, 20)
     assert problems == []
-    with RastEngine(triple.large, pairs, n_ctx=128, n_threads=2, n_seq_max=4) as engine:
+    with RastEngine(triple.large, pairs, n_ctx=128, n_threads=1, n_seq_max=4) as engine:
         summary = run_batch(engine, records, tmp_path / "out.jsonl", progress=False)
     assert summary.n_written == 5 and summary.generated_tokens > 0
     out = read_jsonl(tmp_path / "out.jsonl")
     assert [o["id"] for o in out] == [r["id"] for r in rows]
 
     texts = set()
-    with RastEngine(triple.large, pairs, n_ctx=128, n_threads=2) as alone:
+    with RastEngine(triple.large, pairs, n_ctx=128, n_threads=1) as alone:
         for record, result in zip(records, out):
             if record.alpha is not None:
                 alone.set_alpha(record.alpha)
@@ -112,7 +115,7 @@ def test_parallel_sequences_equal_one_at_a_time_generation(triple, pairs, tmp_pa
 def test_runs_repeat_exactly_and_ignore_their_own_output(triple, pairs, tmp_path):
     rows = [{"id": i, "prompt": f"Number {i} is", "n": 1 + i % 2} for i in range(7)]
     src = write_jsonl(tmp_path / "in.jsonl", rows)
-    with RastEngine(triple.large, pairs, n_ctx=128, n_threads=2, n_seq_max=3) as engine:
+    with RastEngine(triple.large, pairs, n_ctx=128, n_threads=1, n_seq_max=3) as engine:
         batch_file(engine, src, tmp_path / "a.jsonl", sampling=DEFAULTS, max_tokens=12, progress=False)
         batch_file(engine, src, tmp_path / "b.jsonl", sampling=DEFAULTS, max_tokens=12, progress=False)
         again = batch_file(engine, src, tmp_path / "a.jsonl", sampling=DEFAULTS, max_tokens=12, progress=False)
@@ -128,7 +131,7 @@ def test_torn_last_line_is_cut_and_rewritten(triple, pairs, tmp_path):
     rows = [{"id": f"r{i}", "prompt": f"Item {i}:"} for i in range(6)]
     src = write_jsonl(tmp_path / "in.jsonl", rows)
     full, torn = tmp_path / "full.jsonl", tmp_path / "torn.jsonl"
-    with RastEngine(triple.large, pairs, n_ctx=128, n_threads=2, n_seq_max=2) as engine:
+    with RastEngine(triple.large, pairs, n_ctx=128, n_threads=1, n_seq_max=2) as engine:
         batch_file(engine, src, full, sampling=DEFAULTS, max_tokens=10, progress=False)
         lines = full.read_bytes().splitlines(keepends=True)
         torn.write_bytes(b"".join(lines[:3]) + lines[3][:17])
@@ -146,7 +149,7 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted_run(triple, t
     rows = [{"id": f"q{i}", "prompt": f"Question {i}: what is {i} + {3 * i}?\nAnswer:", "n": 1 + i % 3,
              "gold": i} for i in range(60)]
     src = write_jsonl(tmp_path / "in.jsonl", rows)
-    common = [src, *model_args(triple), "-n", "40", "-c", "128", "-t", "2", "-np", "4", "--temp", "0.9",
+    common = [src, *model_args(triple), "-n", "40", "-c", "128", "-t", "1", "-np", "4", "--temp", "0.9",
               "--seed", "5", "--no-progress"]
     reference = tmp_path / "reference.jsonl"
     proc = rast_batch(*common, "-o", reference)
@@ -160,12 +163,15 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted_run(triple, t
     killed_mid_run = 0
     for target in targets:
         proc = rast_batch(*common, "-o", out)
+        size = -1
         while proc.poll() is None:
-            if out.exists() and out.read_bytes().count(b"\n") >= target:
-                time.sleep(rng.uniform(0, 0.02))
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.001)
+            if out.exists() and out.stat().st_size != size:
+                size = out.stat().st_size
+                if out.read_bytes().count(b"\n") >= target:
+                    time.sleep(rng.uniform(0, 0.02))
+                    os.kill(proc.pid, signal.SIGKILL)
+                    break
+            time.sleep(0.002)
         rc = proc.wait(timeout=300)
         if rc == -signal.SIGKILL:
             killed_mid_run += 1
@@ -191,7 +197,7 @@ def test_cli_reports_bad_lines_and_strict_aborts(triple, tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", [
         {"id": "a", "prompt": "Good one"}, "{oops", {"id": "a", "prompt": "again"},
         {"id": "long", "prompt": long_prompt}, {"id": "b", "prompt": "Another", "top_p": 2}, {"id": "c", "prompt": "Last"}])
-    args = [src, *model_args(triple), "-n", "6", "-c", "128", "-t", "2", "-np", "2", "--no-progress"]
+    args = [src, *model_args(triple), "-n", "6", "-c", "128", "-t", "1", "-np", "2", "--no-progress"]
     proc = rast_batch(*args, "-o", tmp_path / "out.jsonl")
     assert proc.wait(timeout=120) == 0
     err = proc.stderr.read()
@@ -206,3 +212,22 @@ def test_cli_reports_bad_lines_and_strict_aborts(triple, tmp_path):
     assert err.strip().splitlines() == ["error: line 2: not valid JSON (Expecting property name enclosed in double "
                                         "quotes at column 2) (run without --strict to skip bad lines)"]
     assert not (tmp_path / "strict.jsonl").exists()
+
+
+def test_messages_records_use_the_chat_template(triple, pairs, tmp_path):
+    from rast_gguf.chat_template import prompt_tokens
+
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 2?"}]
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "chat", "messages": chat, "temp": 0},
+                                              {"id": "bad", "messages": [{"role": "robot", "content": "x"}]}])
+    reported = []
+    records, problems = read_records(src, DEFAULTS, 12)
+    with RastEngine(triple.large, pairs, n_ctx=128, n_threads=1, n_seq_max=2) as engine:
+        run_batch(engine, records, tmp_path / "out.jsonl", problems=problems, progress=False,
+                  report=lambda line, reason: reported.append((line, reason)))
+        tokens = prompt_tokens(engine, chat)
+        expected = generate(engine, tokens, max_tokens=12, sampling=SamplingParams(temp=0))
+        assert engine.model_large.token_text(tokens[0]) == "<|im_start|>"
+    [out] = read_jsonl(tmp_path / "out.jsonl")
+    assert out["text"] == expected.text and out["prompt_tokens"] == len(tokens) and "messages" not in out
+    assert len(reported) == 1 and reported[0][0] == 2 and "role" in reported[0][1]

@@ -119,3 +119,35 @@ def test_context_full_stops_cleanly(triple):
         n_ctx = engine.n_ctx
     assert result.finish_reason == "context"
     assert len(prompt) + len(result.tokens) == n_ctx + 1  # the last token is emitted but not decoded
+
+
+def test_vocabulary_text_mismatch_names_first_differing_token(triple, tmp_path):
+    """Same tokenizer type and BOS/EOS handling, but the small pair's vocabulary places its control tokens
+    where the large one still has ordinary tokens: refused, naming the first differing id and both texts."""
+    from gguf import GGUFReader
+
+    from conftest import tiny_shape
+    from rast_gguf.synth import write_synthetic_gguf
+
+    shape = tiny_shape("qwen2", 64, 2, 600, 0)
+    base = write_synthetic_gguf(tmp_path / "base600.gguf", shape, seed=5, ftype="f32")
+    tuned = write_synthetic_gguf(tmp_path / "tuned600.gguf", shape, seed=6, ftype="f32", derive_from=5)
+    large_tokens = GGUFReader(str(triple.large)).fields["tokenizer.ggml.tokens"].contents()
+    small_tokens = GGUFReader(str(base)).fields["tokenizer.ggml.tokens"].contents()
+    first = next(i for i, (a, b) in enumerate(zip(large_tokens, small_tokens)) if a != b)
+    with pytest.raises(VocabMismatchError, match=f"differ at token {first}: ") as info:
+        RastEngine(triple.large, [DeltaPair(str(tuned), str(base))])
+    assert repr(large_tokens[first]) in str(info.value) and repr(small_tokens[first]) in str(info.value)
+    assert_one_line_error(rast_cli("generate", "-p", "hi", "-m", triple.large, "--base", base, "--tuned", tuned),
+                          f"differ at token {first}")
+
+
+def test_small_context_feeds_long_prompts_in_pieces(triple):
+    """llama.cpp caps a context's batch at its requested n_ctx (64) while padding the context itself (256):
+    a prompt longer than 64 tokens must be fed in pieces, not abort in llama_decode."""
+    prompt = "word " * 90
+    with RastEngine(triple.large, [DeltaPair(str(triple.tuned), str(triple.base))], n_ctx=64, n_threads=2) as engine:
+        n_prompt = len(engine.tokenize(prompt))
+        assert engine.n_batch < n_prompt < engine.n_ctx
+        result = generate(engine, prompt, max_tokens=4, sampling=SamplingParams(temp=0))
+    assert result.prompt_tokens == n_prompt and result.generation_tokens == 4

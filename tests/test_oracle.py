@@ -30,13 +30,15 @@ def oracle_logprobs(t, tokens, prompt_tokens, alpha, n_shared, flash_attn=False)
             m.close()
 
 
+@pytest.mark.parametrize("overlap", [False, True], ids=["sequential", "overlap"])
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0, 2.0])
 @pytest.mark.parametrize("which, flash_attn", [("triple", "off"), ("triple", "on"), ("padded_triple", "off")])
-def test_distribution_matches_oracle(which, flash_attn, alpha, request):
+def test_distribution_matches_oracle(which, flash_attn, alpha, overlap, request):
     t = request.getfixturevalue(which)
     with RastEngine(t.large, [DeltaPair(str(t.tuned), str(t.base), alpha, N_GPU_LAYERS)], n_ctx=256, n_threads=2,
-                    n_gpu_layers=N_GPU_LAYERS,
+                    n_gpu_layers=N_GPU_LAYERS, overlap=overlap,
                     flash_attn=flash_attn) as engine:
+        assert engine.overlap == overlap
         prompt_tokens = engine.tokenize(PROMPT)
         result = generate(engine, PROMPT, max_tokens=N_STEPS, record_logits=True, ignore_eos=True,
                           sampling=SamplingParams(temp=1.0, seed=1234, **FULL_DISTRIBUTION))
@@ -52,12 +54,14 @@ def test_distribution_matches_oracle(which, flash_attn, alpha, request):
     assert worst <= 1e-4, f"max |logprob difference| {worst:.3g} over {len(expected)} steps"
 
 
+@pytest.mark.parametrize("overlap", [False, True], ids=["sequential", "overlap"])
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0, 2.0])
-def test_greedy_sequence_matches_oracle(triple, alpha):
+def test_greedy_sequence_matches_oracle(triple, alpha, overlap):
     t = triple
     with RastEngine(t.large, [DeltaPair(str(t.tuned), str(t.base), alpha, N_GPU_LAYERS)], n_ctx=256, n_threads=2,
-                    n_gpu_layers=N_GPU_LAYERS,
+                    n_gpu_layers=N_GPU_LAYERS, overlap=overlap,
                     flash_attn="off") as engine:
+        assert engine.overlap == overlap
         prompt_tokens = engine.tokenize(PROMPT)
         result = generate(engine, PROMPT, max_tokens=N_STEPS, sampling=SamplingParams(temp=0))
         n_shared = engine.n_shared

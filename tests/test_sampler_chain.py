@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from oracle import AloneModel, combine, unused_ids
+from oracle import N_GPU_LAYERS, AloneModel, combine, unused_ids
 from rast_gguf import DeltaPair, RastEngine, SamplingParams, generate
 
 
@@ -45,8 +45,8 @@ def numpy_top_p(logits, p):
 def test_temperature_order_against_numpy(triple, order):
     temp, top_p, alpha = 2.0, 0.6, 1.0
     prompt = "The answer is"
-    with RastEngine(triple.large, [DeltaPair(str(triple.tuned), str(triple.base), alpha)], n_ctx=64,
-                    n_threads=2, flash_attn="off") as engine:
+    with RastEngine(triple.large, [DeltaPair(str(triple.tuned), str(triple.base), alpha, N_GPU_LAYERS)], n_ctx=64,
+                    n_threads=2, flash_attn="off", n_gpu_layers=N_GPU_LAYERS) as engine:
         prompt_tokens = engine.tokenize(prompt)
         result = generate(engine, prompt, max_tokens=1, record_logits=True,
                           sampling=SamplingParams(temp=temp, top_k=0, top_p=top_p, min_p=0.0, seed=1, order=order))

@@ -8,20 +8,32 @@ import sys
 import typer
 
 from rast_gguf.cli.batch import batch_command
+from rast_gguf.cli.bench import bench_command
 from rast_gguf.cli.chat import chat_command
 from rast_gguf.cli.check import check_command
 from rast_gguf.cli.convert import convert_command, quantize_command
+from rast_gguf.cli.demo import demo_command
+from rast_gguf.cli.doctor import doctor_command
+from rast_gguf.cli.eval import eval_command
+from rast_gguf.cli.analyze import analyze_command
 from rast_gguf.cli.generate import generate_command
+from rast_gguf.cli.pull import pull_command
 
 app = typer.Typer(name="rast", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="RAST decoding for GGUF models: large base + alpha * (small RL-tuned - small base).",
                   context_settings={"help_option_names": ["-h", "--help"]})
 app.command("generate")(generate_command)
+app.command("bench")(bench_command)
+app.command("doctor")(doctor_command)
 app.command("check")(check_command)
 app.command("chat")(chat_command)
 app.command("batch")(batch_command)
+app.command("pull")(pull_command)
 app.command("convert")(convert_command)
 app.command("quantize")(quantize_command)
+app.command("demo")(demo_command)
+app.command("eval")(eval_command)
+app.command("analyze")(analyze_command)
 
 
 def main() -> None:

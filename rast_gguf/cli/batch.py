@@ -13,13 +13,16 @@ from rast_gguf.cli.models import resolve_models
 
 
 def batch_command(
-    input_path: Annotated[Path, typer.Argument(metavar="IN.jsonl", help="One record per line: id, prompt or messages, "
-                                               "optional n, max_tokens, stop, alpha, temp, top_k, top_p, min_p, seed.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Results, one line per record; an existing file is "
-                                         "resumed (records already there are not decoded again).")],
+    input_path: Annotated[Path, typer.Argument(
+        metavar="IN.jsonl", help="One record per line: id, prompt or messages, optional n, max_tokens, stop, alpha, "
+                                 "temp, top_k, top_p, min_p, seed.")],
+    output: Annotated[Path, typer.Option(
+        "-o", "--output", help="Results, one line per record; an existing file is resumed (records already there "
+                               "are not decoded again).")],
     parallel: Annotated[int, typer.Option("-np", "--parallel", help="Sequences decoded together in each context.")] = 4,
-    strict: Annotated[bool, typer.Option("--strict", help="Abort on the first bad input line instead of skipping it.")] = False,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar on stderr.")] = True,
+    strict: Annotated[bool, typer.Option("--strict", help="Abort on the first bad input line, before decoding.")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress",
+                                           help="Show a progress bar on stderr (when it is a terminal).")] = True,
     large: o.Large = None, base: o.Base = None, tuned: o.Tuned = None, alpha: o.Alpha = None,
     n_predict: o.NPredict = 256, ctx_size: o.CtxSize = 4096, batch_size: o.BatchSize = 512,
     n_gpu_layers: o.NGpuLayers = 0, n_gpu_layers_small: o.NGpuLayersSmall = None, threads: o.Threads = None,
@@ -34,17 +37,18 @@ def batch_command(
     --base Qwen2.5-1.5B-Q8_0.gguf --tuned SimpleRL-1.5B-Q8_0.gguf -np 8 -n 1024 --temp 1.0 --top-p 0.95
     """
     from rast_gguf import _llama
-    from rast_gguf.batch import batch_file
+    from rast_gguf.batch import run_batch
     from rast_gguf.engine import RastEngine
+    from rast_gguf.jsonl import read_records
     from rast_gguf.sampling import SamplingParams
 
     _llama.set_verbose(verbose)
     sampling = SamplingParams(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed, order=sampler_order)
+    records, problems = read_records(input_path, sampling, n_predict)
     large_path, pairs = resolve_models(large, base, tuned, alpha, n_gpu_layers, n_gpu_layers_small)
     with RastEngine(large_path, pairs, n_ctx=ctx_size, n_batch=batch_size, n_threads=threads,
                     n_gpu_layers=n_gpu_layers, n_seq_max=parallel) as engine:
-        summary = batch_file(engine, input_path, output, sampling=sampling, max_tokens=n_predict, strict=strict,
-                             progress=progress)
+        summary = run_batch(engine, records, output, problems=problems, strict=strict, progress=progress)
     skipped = f", {len(summary.bad_lines)} bad lines skipped" if summary.bad_lines else ""
     print(f"{output}: wrote {summary.n_written} records ({summary.n_resumed} already there{skipped}) | "
           f"{summary.generated_tokens} tokens in {summary.seconds:.1f} s, {summary.tokens_per_second:.1f} tokens/s",

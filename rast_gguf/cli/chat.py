@@ -132,6 +132,7 @@ def run_chat(session, *, show_delta: bool = False, out: TextIO = sys.stdout) -> 
 def answer(session, line: str, *, color: bool, out: TextIO) -> None:
     from rast_gguf.delta_view import colorize
 
+    n_messages = len(session.messages)
     stream = session.stream_turn(line)
     try:
         for response in stream:
@@ -139,7 +140,10 @@ def answer(session, line: str, *, color: bool, out: TextIO) -> None:
             out.flush()
     except KeyboardInterrupt:
         stream.close()  # the partial answer joins the history and the caches are settled
-        print("\n[interrupted: the answer so far stays in the conversation]", file=out)
+        if len(session.messages) > n_messages:
+            print("\n[interrupted: the answer so far stays in the conversation]", file=out)
+        else:
+            print("\n[interrupted while reading the prompt: this message was dropped]", file=out)
         return
     print(file=out)
     if session.last.finish_reason == "context":

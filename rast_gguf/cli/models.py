@@ -1,4 +1,5 @@
-"""Turn the model flags of a command into (large path, [DeltaPair]); the built-in default when none."""
+"""Turn the model flags of a command into (large path, [DeltaPair]); hub references are downloaded
+(rast_gguf.hub), the built-in default triple is used when no model is given."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import sys
 from pathlib import Path
 
 from rast_gguf.errors import UsageError
+from rast_gguf.hub import resolve_model_ref
 from rast_gguf.sampling import DeltaPair
 
 
@@ -28,6 +30,8 @@ def resolve_models(large: Path | None, base: list[Path] | None, tuned: list[Path
     if len(alpha) not in (1, len(base)) and base:
         raise UsageError(f"got {len(alpha)} --alpha values for {len(base)} pairs; give one, or one per pair")
     alphas = alpha * len(base) if len(alpha) == 1 else alpha
+    large = resolve_model_ref(large)
+    base, tuned = [resolve_model_ref(b) for b in base], [resolve_model_ref(t) for t in tuned]
     ngl_small = n_gpu_layers if n_gpu_layers_small is None else n_gpu_layers_small
     pairs = [DeltaPair(str(t), str(b), a, ngl_small) for t, b, a in zip(tuned, base, alphas)]
     return large, pairs

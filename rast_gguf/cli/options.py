@@ -7,9 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-Large = Annotated[Optional[Path], typer.Option("-m", "--large", help="Large base model (GGUF).", show_default=False)]
-Base = Annotated[Optional[list[Path]], typer.Option("--base", help="Small base model (GGUF); repeat for several pairs.", show_default=False)]
-Tuned = Annotated[Optional[list[Path]], typer.Option("--tuned", help="Small RL-tuned model (GGUF), made from --base; repeat for several pairs.", show_default=False)]
+Large = Annotated[Optional[Path], typer.Option("-m", "--large", help="Large base model: a GGUF file or a hub reference (owner/repo:QUANT, owner/repo:file.gguf).", show_default=False)]
+Base = Annotated[Optional[list[Path]], typer.Option("--base", help="Small base model (GGUF file or hub reference); repeat for several pairs.", show_default=False)]
+Tuned = Annotated[Optional[list[Path]], typer.Option("--tuned", help="Small RL-tuned model (GGUF file or hub reference), made from --base; repeat for several pairs.", show_default=False)]
 Alpha = Annotated[Optional[list[float]], typer.Option("--alpha", help="Delta coefficient; one value for all pairs or one per pair. [default: 1.0]", show_default=False)]
 NGpuLayers = Annotated[int, typer.Option("-ngl", "--n-gpu-layers", help="Layers of the large model on the GPU (-1: all).")]
 NGpuLayersSmall = Annotated[Optional[int], typer.Option("-ngls", "--n-gpu-layers-small", help="Layers of each small model on the GPU (-1: all). [default: same as -ngl]", show_default=False)]

@@ -28,17 +28,18 @@ from recipes.toy_reasoning.model import Llama, ModelShape, save_hf, shape_dict
 from recipes.toy_reasoning.tokenizer import EOS, build_tokenizer, save_tokenizer
 
 
-def _load_toy_task():
-    """rast_gguf/toy_task.py by path: the package's __init__ loads llama.cpp, which training does not need."""
-    path = Path(__file__).resolve().parents[2] / "rast_gguf" / "toy_task.py"
-    spec = importlib.util.spec_from_file_location("toy_task", path)
+def _load_package_module(name: str):
+    """rast_gguf/<name>.py by path: the package's __init__ loads llama.cpp, which training does not need."""
+    path = Path(__file__).resolve().parents[2] / "rast_gguf" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_rast_{name}", path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["toy_task"] = module
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
 
-task = _load_toy_task()
+task = _load_package_module("toy_task")
+passk = _load_package_module("passk")
 
 SHAPES = {
     "small": ModelShape(n_embd=128, n_layer=6, n_head=2, n_head_kv=2, n_ff=512),
@@ -216,14 +217,8 @@ def rl(base: Llama, codec: Codec, *, steps: int, prompts_per_step: int, group: i
 
 # --- evaluation -------------------------------------------------------------------------------
 
-def pass_at_k(n: int, c: int, k: int) -> float:
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
-
-
 def evaluate(models: dict[str, Llama], codec: Codec, *, n_greedy: int, n_sampled: int, samples: int, seed: int,
-             max_new: int, device) -> dict:
+             max_new: int, device, deadline: float = math.inf, on_result=None) -> dict:
     held_out = task.problems(seed, max(n_greedy, n_sampled), held_out=True)
     configs = {
         "small base": [(models["small_base"], 1.0)],
@@ -234,30 +229,54 @@ def evaluate(models: dict[str, Llama], codec: Codec, *, n_greedy: int, n_sampled
         "large RL": [(models["large_rl"], 1.0)],
     }
     gen = torch.Generator(device=device).manual_seed(seed)
-    results = {}
+    results: dict[str, dict] = {name: {} for name in configs}
+    summary = {"n_greedy": n_greedy, "n_sampled": n_sampled, "samples": samples, "configs": results}
     for name, mix in configs.items():
         t0 = time.time()
         probs = held_out[:n_greedy]
         texts = [codec.decode(c) for c in batched_decode(
             mix, codec.encode([p.prompt for p in probs]), codec, temperature=0.0, max_new=max_new, device=device)]
-        greedy_acc = sum(task.is_correct(p, t) for p, t in zip(probs, texts)) / len(probs)
-        greedy_worked = sum(task.style(t) == "worked" for t in texts) / len(texts)
+        results[name]["greedy_accuracy"] = sum(task.is_correct(p, t) for p, t in zip(probs, texts)) / len(probs)
+        results[name]["greedy_worked_share"] = sum(task.style(t) == "worked" for t in texts) / len(texts)
+        results[name]["greedy_example"] = texts[0]
+        log(f"eval {name}: greedy {results[name]['greedy_accuracy']:.3f} "
+            f"(worked {results[name]['greedy_worked_share']:.2f}) ({time.time() - t0:.1f} s)")
+        if on_result:
+            on_result(summary)
+    ks = [k for k in (1, 2, 4, 8, 16, 32) if k <= samples]
+    for name, mix in configs.items():
+        if time.time() > deadline:
+            log(f"eval: deadline reached, no sampled runs for {name}")
+            continue
+        t0 = time.time()
         probs = held_out[:n_sampled]
         prompts = [ids for ids in codec.encode([p.prompt for p in probs]) for _ in range(samples)]
         texts = [codec.decode(c) for c in batched_decode(mix, prompts, codec, temperature=1.0, max_new=max_new,
                                                          device=device, generator=gen)]
         correct = [sum(task.is_correct(p, texts[i * samples + j]) for j in range(samples)) for i, p in enumerate(probs)]
-        ks = [k for k in (1, 2, 4, 8, 16, 32) if k <= samples]
-        results[name] = {
-            "greedy_accuracy": greedy_acc, "greedy_worked_share": greedy_worked,
-            "sampled_worked_share": sum(task.style(t) == "worked" for t in texts) / len(texts),
-            "pass_at_k": {k: sum(pass_at_k(samples, c, k) for c in correct) / len(correct) for k in ks},
-            "example": texts[0],
-        }
-        log(f"eval {name}: greedy {greedy_acc:.3f} (worked {greedy_worked:.2f}) "
-            f"pass@1 {results[name]['pass_at_k'][1]:.3f} pass@{ks[-1]} {results[name]['pass_at_k'][ks[-1]]:.3f} "
-            f"({time.time() - t0:.1f} s)")
-    return {"n_greedy": n_greedy, "n_sampled": n_sampled, "samples": samples, "configs": results}
+        results[name]["sampled_worked_share"] = sum(task.style(t) == "worked" for t in texts) / len(texts)
+        results[name]["pass_at_k"] = {k: sum(passk.pass_at_k(samples, c, k) for c in correct) / len(correct) for k in ks}
+        log(f"eval {name}: pass@k {json.dumps(results[name]['pass_at_k'])} worked "
+            f"{results[name]['sampled_worked_share']:.2f} ({time.time() - t0:.1f} s)")
+        if on_result:
+            on_result(summary)
+    return summary
+
+
+def pack(out: Path, dest: Path, piece: int = 15 << 20) -> None:
+    """DIR/{small,large}_{base,rl} and the tokenizer as checkpoints.tar.00, .01, ... (cat them to untar)."""
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name in ("tokenizer", "small_base", "small_rl", "large_base", "large_rl"):
+            tar.add(out / name, arcname=name)
+    data = buffer.getvalue()
+    dest.mkdir(parents=True, exist_ok=True)
+    for i in range(0, len(data), piece):
+        (dest / f"checkpoints.tar.{i // piece:02d}").write_bytes(data[i:i + piece])
+    log(f"packed {len(data) / 1e6:.1f} MB into {dest}")
 
 
 # --- the command ------------------------------------------------------------------------------
@@ -267,20 +286,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--corpus", type=int, default=400_000, help="pretraining problems")
-    ap.add_argument("--small-steps", type=int, default=4000)
-    ap.add_argument("--large-steps", type=int, default=4000)
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--rl-steps", type=int, default=150)
+    ap.add_argument("--corpus", type=int, default=300_000, help="pretraining problems")
+    ap.add_argument("--small-steps", type=int, default=2500)
+    ap.add_argument("--large-steps", type=int, default=3000)
+    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--rl-steps", type=int, default=80)
     ap.add_argument("--rl-prompts", type=int, default=64)
     ap.add_argument("--rl-group", type=int, default=8)
     ap.add_argument("--rl-lr", type=float, default=1e-4)
-    ap.add_argument("--rl-time", type=float, default=150.0, help="seconds at most per RL run")
+    ap.add_argument("--rl-time", type=float, default=80.0,
+                    help="seconds at most per RL run (inf: always --rl-steps)")
     ap.add_argument("--eval-greedy", type=int, default=1000)
     ap.add_argument("--eval-sampled", type=int, default=500)
     ap.add_argument("--eval-samples", type=int, default=8)
     ap.add_argument("--max-new", type=int, default=96)
     ap.add_argument("--shapes", default="small,large", help="SHAPES names for the small and large model")
+    ap.add_argument("--deadline", type=float, default=math.inf, help="seconds after which evaluation stops sampling")
+    ap.add_argument("--pack", type=Path, help="also write the four checkpoints as a tar split in <= 15 MB pieces here")
     args = ap.parse_args(argv)
 
     t_start = time.time()
@@ -319,16 +341,24 @@ def main(argv: list[str] | None = None) -> None:
             name=size, time_limit=args.rl_time)
         timings[f"rl {size}"] = time.time() - t0
         save_hf(models[f"{size}_rl"], args.out / f"{size}_rl", special, tok_dir)
+    if args.pack:
+        pack(args.out, args.pack)
+    meta = {"seed": args.seed, "device": str(device), "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+            "parameters": sizes, "shapes": {k: shape_dict(v) for k, v in shapes.items()},
+            "timings_s": timings, "rl_history": histories, "args": {k: str(v) for k, v in vars(args).items()}}
+
+    def write_results(summary: dict) -> None:
+        text = json.dumps({**summary, **meta}, indent=2)
+        for directory in filter(None, (args.out, args.pack)):
+            (directory / "results.json").write_text(text)
+
     t0 = time.time()
-    results = evaluate(models, codec, n_greedy=args.eval_greedy, n_sampled=args.eval_sampled,
-                       samples=args.eval_samples, seed=args.seed, max_new=args.max_new, device=device)
+    evaluate(models, codec, n_greedy=args.eval_greedy, n_sampled=args.eval_sampled, samples=args.eval_samples,
+             seed=args.seed, max_new=args.max_new, device=device, deadline=t_start + args.deadline,
+             on_result=write_results)
     timings["eval"] = time.time() - t0
     timings["total"] = time.time() - t_start
-    results.update({"seed": args.seed, "device": str(device), "torch": torch.__version__,
-                    "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-                    "parameters": sizes, "shapes": {k: shape_dict(v) for k, v in shapes.items()},
-                    "timings_s": timings, "rl_history": histories, "args": {k: str(v) for k, v in vars(args).items()}})
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
     log(f"done in {timings['total']:.0f} s: {json.dumps(timings)}")
 
 

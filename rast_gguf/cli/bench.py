@@ -1,0 +1,64 @@
+"""`rast bench`: the large model alone vs RAST (sequential and overlapped) on synthetic models of real
+shapes, plus the PyTorch + Transformers baseline when torch is installed; table, JSON and plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from rast_gguf.cli import options as o
+
+
+def bench_command(
+    large: Annotated[list[str], typer.Option("--large", help="Large model shape (repeat for several configurations), e.g. qwen2.5-7b, qwen2.5-32b, llama-3.1-8b.")] = ["qwen2.5-7b"],
+    small: Annotated[list[str], typer.Option("--small", help="Small pair shape, one per --large or one for all, e.g. qwen2.5-1.5b, qwen2.5-0.5b, llama-3.2-1b.")] = ["qwen2.5-1.5b"],
+    quant_large: Annotated[str, typer.Option("--quant-large", help="llama.cpp type of the large model.")] = "q4_k_m",
+    quant_small: Annotated[str, typer.Option("--quant-small", help="llama.cpp type of the small pair.")] = "q8_0",
+    n_gpu_layers: o.NGpuLayers = -1, n_gpu_layers_small: o.NGpuLayersSmall = None,
+    n_prompt: Annotated[int, typer.Option("-p", "--n-prompt", help="Prompt tokens (random ids).")] = 512,
+    n_gen: Annotated[int, typer.Option("-n", "--n-gen", help="Generated tokens per run (EOS ignored).")] = 128,
+    repeat: Annotated[int, typer.Option("-r", "--repeat", help="Timed runs per mode; the best is reported.")] = 2,
+    modes: Annotated[str, typer.Option("--modes", help="Comma-separated: alone, sequential, overlap.")] = "alone,sequential,overlap",
+    transformers: Annotated[bool, typer.Option("--transformers/--no-transformers", help="Also time the PyTorch + Transformers baseline (needs torch and a CUDA GPU).")] = True,
+    workdir: Annotated[Path, typer.Option("--models-dir", help="Where synthetic models are written and reused.")] = Path("bench-models"),
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON here.")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG bar chart here (needs matplotlib).")] = None,
+    threads: o.Threads = None, verbose: o.Verbose = False,
+) -> None:
+    """Time prompt processing and generation: large model alone, RAST sequential, RAST overlapped."""
+    from rast_gguf import _llama
+    from rast_gguf.bench import BenchSetup, run_bench, write_plot
+    from rast_gguf.errors import UsageError
+
+    _llama.set_verbose(verbose)
+    if len(small) not in (1, len(large)):
+        raise UsageError("give one --small for all configurations or one per --large")
+    smalls = small * len(large) if len(small) == 1 else small
+    results = []
+    for large_shape, small_shape in zip(large, smalls):
+        setup = BenchSetup(large=large_shape, small=small_shape, ftype_large=quant_large, ftype_small=quant_small,
+                           n_gpu_layers=n_gpu_layers,
+                           n_gpu_layers_small=n_gpu_layers if n_gpu_layers_small is None else n_gpu_layers_small,
+                           n_prompt=n_prompt, n_gen=n_gen, n_repeat=repeat, n_threads=threads, workdir=workdir,
+                           modes=tuple(m.strip() for m in modes.split(",") if m.strip()), transformers=transformers)
+        results.append(run_bench(setup))
+        if json_out:  # after every configuration, so a cut-off run keeps what it measured
+            json_out.write_text(json.dumps(results, indent=2))
+    print(format_table(results))
+    if plot:
+        write_plot(results, plot)
+
+
+def format_table(results: list[dict]) -> str:
+    rows = ["| configuration | mode | prompt tok/s | gen tok/s | gen vs alone | GPU MiB | host MiB |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for res in results:
+        for r in res["runs"]:
+            ratio = r.get("tg_ratio_vs_alone")
+            rows.append(f"| {res['config']} | {r['mode']} | {r['pp_tps']:.0f} | {r['tg_tps']:.1f} | "
+                        f"{'' if ratio is None else f'{ratio:.2f}'} | {r['gpu_mib'] if r['gpu_mib'] is not None else ''} | "
+                        f"{r['host_mib'] if r['host_mib'] is not None else ''} |")
+    return "\n".join(rows)

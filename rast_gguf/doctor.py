@@ -1,0 +1,97 @@
+"""What this installation runs on: the llama.cpp build and its backend devices, for `rast doctor`.
+
+`backend_devices()` lists ggml's backend devices (CUDA0, Metal, CPU, ...) with their free/total
+memory, read through libggml's own device API so it answers for CUDA, Metal and CPU builds alike.
+`report()` gathers that with the versions, the CPU features llama.cpp was built for, whether GPU
+offload is possible, and which libstdc++ copy C++ symbols resolve to (rast_gguf/_preload.py).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.metadata
+import os
+import sys
+from pathlib import Path
+
+from rast_gguf import _preload
+from rast_gguf._llama import C
+
+_DEVICE_TYPES = {0: "CPU", 1: "GPU", 2: "integrated GPU", 3: "accelerator"}
+
+
+def _libggml() -> ctypes.CDLL | None:
+    import llama_cpp
+
+    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    for name in ("libggml.so", "libggml.dylib", "ggml.dll"):
+        if (lib_dir / name).exists():
+            try:
+                return ctypes.CDLL(str(lib_dir / name))
+            except OSError:
+                return None
+    return None
+
+
+def backend_devices() -> list[dict]:
+    lib = _libggml()
+    if lib is None or not hasattr(lib, "ggml_backend_dev_count"):
+        return []
+    lib.ggml_backend_dev_count.restype = ctypes.c_size_t
+    lib.ggml_backend_dev_get.restype = ctypes.c_void_p
+    lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+    for fn in (lib.ggml_backend_dev_name, lib.ggml_backend_dev_description):
+        fn.restype, fn.argtypes = ctypes.c_char_p, [ctypes.c_void_p]
+    lib.ggml_backend_dev_type.restype, lib.ggml_backend_dev_type.argtypes = ctypes.c_int, [ctypes.c_void_p]
+    lib.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t),
+                                            ctypes.POINTER(ctypes.c_size_t)]
+    devices = []
+    for i in range(lib.ggml_backend_dev_count()):
+        dev = lib.ggml_backend_dev_get(i)
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        devices.append({"name": lib.ggml_backend_dev_name(dev).decode(),
+                        "description": lib.ggml_backend_dev_description(dev).decode(),
+                        "type": _DEVICE_TYPES.get(lib.ggml_backend_dev_type(dev), "?"),
+                        "free_bytes": free.value, "total_bytes": total.value})
+    return devices
+
+
+def gpu_devices() -> list[dict]:
+    return [d for d in backend_devices() if d["type"] in ("GPU", "integrated GPU")]
+
+
+def report() -> dict:
+    import llama_cpp
+
+    return {
+        "rast_gguf": importlib.metadata.version("rast-gguf"),
+        "llama_cpp_python": importlib.metadata.version("llama-cpp-python"),
+        "python": sys.version.split()[0],
+        "libllama": str(Path(llama_cpp.__file__).parent / "lib"),
+        "gpu_offload": bool(C.llama_supports_gpu_offload()),
+        "devices": backend_devices(),
+        "system_info": C.llama_print_system_info().decode().strip(" |"),
+        "libstdcxx": _preload.runtime_report(C._lib) if sys.platform.startswith("linux") else {},
+        "env": {k: os.environ[k] for k in ("CUDA_VISIBLE_DEVICES", "GGML_CUDA_DISABLE_GRAPHS") if k in os.environ},
+    }
+
+
+def format_report(info: dict) -> str:
+    lines = [f"rast-gguf {info['rast_gguf']}, llama-cpp-python {info['llama_cpp_python']}, Python {info['python']}",
+             f"libllama: {info['libllama']}",
+             f"GPU offload: {'yes' if info['gpu_offload'] else 'no (CPU-only build: see README, Building with a GPU)'}"]
+    for d in info["devices"]:
+        mem = f", {d['free_bytes'] / 2**30:.1f} of {d['total_bytes'] / 2**30:.1f} GiB free" if d["total_bytes"] else ""
+        lines.append(f"device {d['name']} ({d['type']}): {d['description']}{mem}")
+    gpus = [d["name"] for d in info["devices"] if d["type"] != "CPU"]
+    lines.append(f"active backend: {', '.join(gpus) + ' (layers offloaded with -ngl/-ngls)' if gpus else 'CPU'}")
+    lines.append(f"CPU features: {info['system_info']}")
+    std = info["libstdcxx"]
+    if std:
+        private = std.get("first_in_libllama_tree", "")
+        private = "" if private == std.get("global") else f"; this build also carries a private copy in {Path(private).name}"
+        lines.append(f"libstdc++ (global scope): {std.get('global') or 'none: import rast_gguf before llama_cpp'}{private}")
+    for k, v in info["env"].items():
+        lines.append(f"{k}={v}")
+    return "\n".join(lines)

@@ -1,0 +1,52 @@
+"""`rast bench` and `rast doctor` end to end on tiny shapes (CPU): every mode runs, the JSON holds
+the numbers the table shows, the plot is a PNG, bad choices are one-line errors."""
+
+import rast_gguf  # noqa: F401
+
+import json
+import subprocess
+import sys
+
+RAST = [sys.executable, "-c", "from rast_gguf.cli.app import main; main()"]
+
+
+def rast(*args, cwd):
+    return subprocess.run([*RAST, *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_bench_runs_every_mode_and_writes_json_and_plot(tmp_path):
+    proc = rast("bench", "--large", "tiny-qwen2-large", "--small", "tiny-qwen2", "--quant-large", "f16",
+                "--quant-small", "f16", "-p", "24", "-n", "6", "-r", "1", "-t", "2", "--models-dir", "m",
+                "--json", "b.json", "--plot", "b.png", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((tmp_path / "b.json").read_text())
+    assert len(results) == 1
+    runs = {r["mode"]: r for r in results[0]["runs"]}
+    assert {"alone", "sequential", "overlap"} <= set(runs)
+    for r in runs.values():
+        if r["mode"] == "transformers":
+            continue
+        assert r["pp_tps"] > 0 and r["tg_tps"] > 0 and r["host_mib"] > 0
+        assert r["tg_ratio_vs_alone"] == round(r["tg_tps"] / runs["alone"]["tg_tps"], 3)
+        assert f"| {r['tg_tps']:.1f} |" in proc.stdout
+    assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(list((tmp_path / "m").glob("*.gguf"))) == 3  # large, tuned, base; reused by a second run
+
+
+def test_bench_rejects_unknown_shape_and_mismatched_families(tmp_path):
+    proc = rast("bench", "--large", "qwen9-400b", cwd=tmp_path)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: unknown model shape 'qwen9-400b'")
+    proc = rast("bench", "--large", "llama-3.1-8b", "--small", "qwen2.5-0.5b", cwd=tmp_path)
+    assert proc.returncode == 1 and "do not share a vocabulary" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_doctor_reports_the_backend(tmp_path):
+    proc = rast("doctor", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert any(d["type"] == "CPU" for d in info["devices"])
+    assert info["llama_cpp_python"] == "0.3.36"
+    assert "libstdc++.so" in info["libstdcxx"]["global"]
+    text = rast("doctor", cwd=tmp_path).stdout
+    assert "active backend:" in text
