@@ -15,33 +15,17 @@ from __future__ import annotations
 import llama_cpp  # noqa: F401
 
 import argparse
-import dataclasses
 import json
 import os
 import statistics
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 from rast_gguf import DeltaPair, RastEngine, SamplingParams
 from rast_gguf.batch import run_batch
 from rast_gguf.jsonl import parse_lines
-from rast_gguf.synth import SHAPES, write_synthetic_gguf
 
-QWEN_VOCAB = 151936
-SMALL_CPU = dataclasses.replace(SHAPES["tiny-qwen2"], n_vocab=QWEN_VOCAB, n_pad_tokens=271, n_embd=256,
-                                n_layer=4, n_head=4, n_head_kv=2, n_ff=1024, tie_embeddings=True)
-LARGE_CPU = dataclasses.replace(SMALL_CPU, n_embd=512, n_layer=8, n_head=8, n_head_kv=2, n_ff=2048)
-
-
-def model_file(cache: Path, name: str, shape, ftype: str, seed: int, derive_from=None) -> Path:
-    path = cache / f"{name}-{ftype}.gguf"
-    if not path.exists():
-        write_synthetic_gguf(path, shape, seed=seed, ftype=ftype, derive_from=derive_from, derive_scale=0.2,
-                             fast_random=True)
-        print(f"wrote {path}", file=sys.stderr)
-    return path
+from cpu_models import add_model_args, model_triple
 
 
 def one_run(engine: RastEngine, lines: list[bytes], max_tokens: int) -> tuple[int, float]:
@@ -56,10 +40,7 @@ def one_run(engine: RastEngine, lines: list[bytes], max_tokens: int) -> tuple[in
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--large", default=None, help="a SHAPES name (default: a CPU-sized Qwen-vocab model)")
-    ap.add_argument("--small", default=None, help="a SHAPES name (default: a CPU-sized Qwen-vocab model)")
-    ap.add_argument("--large-type", default="q8_0")
-    ap.add_argument("--small-type", default="q8_0")
+    add_model_args(ap)
     ap.add_argument("--parallel", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--records", type=int, default=16)
     ap.add_argument("--samples", type=int, default=2, help="n per record (pass@k style)")
@@ -67,17 +48,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("-ngl", "--n-gpu-layers", type=int, default=0)
     ap.add_argument("-t", "--threads", type=int, default=None)
-    ap.add_argument("--cache", default=os.path.expanduser("~/.cache/rast-gguf/bench"))
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
 
-    cache = Path(args.cache)
-    cache.mkdir(parents=True, exist_ok=True)
-    large = model_file(cache, args.large or "cpu-large", SHAPES[args.large] if args.large else LARGE_CPU,
-                       args.large_type, seed=1)
-    small_name, small_shape = args.small or "cpu-small", SHAPES[args.small] if args.small else SMALL_CPU
-    base = model_file(cache, small_name, small_shape, args.small_type, seed=2)
-    tuned = model_file(cache, small_name + "-tuned", small_shape, args.small_type, seed=3, derive_from=2)
+    large, base, tuned, _, _ = model_triple(args)
     pairs = [DeltaPair(str(tuned), str(base), 1.0, args.n_gpu_layers)]
     lines = [json.dumps({"id": i, "prompt": f"Question {i}: a train travels {40 + i} km in {1 + i % 3} hours. "
                          "What is its average speed?\nAnswer:", "n": args.samples}).encode()

@@ -15,31 +15,13 @@ from __future__ import annotations
 import llama_cpp  # noqa: F401
 
 import argparse
-import dataclasses
 import json
-import os
 import statistics
-import sys
-import time
 from pathlib import Path
 
 from rast_gguf import DeltaPair, RastEngine, SamplingParams, stream_generate
-from rast_gguf.synth import SHAPES, write_synthetic_gguf
 
-QWEN_VOCAB = 151936
-SMALL_CPU = dataclasses.replace(SHAPES["tiny-qwen2"], n_vocab=QWEN_VOCAB, n_pad_tokens=271, n_embd=256,
-                                n_layer=4, n_head=4, n_head_kv=2, n_ff=1024, tie_embeddings=True)
-LARGE_CPU = dataclasses.replace(SMALL_CPU, n_embd=512, n_layer=8, n_head=8, n_head_kv=2, n_ff=2048)
-
-
-def model_file(cache: Path, name: str, shape, ftype: str, seed: int, derive_from=None) -> Path:
-    path = cache / f"{name}-{ftype}.gguf"
-    if not path.exists():
-        t0 = time.perf_counter()
-        write_synthetic_gguf(path, shape, seed=seed, ftype=ftype, derive_from=derive_from, derive_scale=0.2,
-                             fast_random=True)
-        print(f"wrote {path.name} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    return path
+from cpu_models import add_model_args, model_triple
 
 
 def decode_tps(engine: RastEngine, prompt: str, n_tokens: int) -> tuple[float, float]:
@@ -53,26 +35,15 @@ def decode_tps(engine: RastEngine, prompt: str, n_tokens: int) -> tuple[float, f
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--large", default=None, help="a SHAPES name (default: a CPU-sized Qwen-vocab model)")
-    ap.add_argument("--small", default=None, help="a SHAPES name (default: a CPU-sized Qwen-vocab model)")
-    ap.add_argument("--large-type", default="q8_0")
-    ap.add_argument("--small-type", default="q8_0")
+    add_model_args(ap)
     ap.add_argument("-n", "--n-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("-ngl", "--n-gpu-layers", type=int, default=0)
     ap.add_argument("-t", "--threads", type=int, default=None)
-    ap.add_argument("--cache", default=os.path.expanduser("~/.cache/rast-gguf/bench"))
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
 
-    cache = Path(args.cache)
-    cache.mkdir(parents=True, exist_ok=True)
-    large_shape = SHAPES[args.large] if args.large else LARGE_CPU
-    small_shape = SHAPES[args.small] if args.small else SMALL_CPU
-    large_name, small_name = args.large or "cpu-large", args.small or "cpu-small"
-    large = model_file(cache, large_name, large_shape, args.large_type, seed=1)
-    base = model_file(cache, small_name, small_shape, args.small_type, seed=2)
-    tuned = model_file(cache, small_name + "-tuned", small_shape, args.small_type, seed=3, derive_from=2)
+    large, base, tuned, large_label, small_label = model_triple(args)
 
     prompt = "Question: A train travels 120 km in 2 hours. What is its average speed?\nAnswer:"
     common = dict(n_ctx=512, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers)
@@ -93,8 +64,7 @@ def main() -> None:
 
     alone_tps, rast_tps = statistics.median(runs["alone"]), statistics.median(runs["rast"])
     result = {
-        "large": f"{large_name} {args.large_type} ({large_shape.n_params / 1e6:.0f}M params)",
-        "small": f"{small_name} {args.small_type} ({small_shape.n_params / 1e6:.0f}M params)",
+        "large": large_label, "small": small_label,
         "n_vocab": n_vocab, "n_tokens": args.n_tokens, "repeats": args.repeats,
         "alone_tps": runs["alone"], "rast_tps": runs["rast"],
         "alone_tps_median": alone_tps, "rast_tps_median": rast_tps, "ratio": rast_tps / alone_tps,

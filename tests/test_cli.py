@@ -76,3 +76,13 @@ def test_several_pairs_sum_their_deltas(triple, padded_triple):
     finally:
         for m in models:
             m.close()
+
+
+def test_chat_without_models_uses_the_toy_triple_in_raw_mode():
+    proc = subprocess.run([sys.executable, "-m", "rast_gguf.cli.app", "chat", "-n", "16", "-t", "1", "--temp", "0"],
+                          input="Question: 12 + 345 + 67 + 890 = ?\n/stats\n", capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "--raw mode" in proc.stderr and "Traceback" not in proc.stderr
+    assert "toy-large.gguf" in proc.stdout
+    assert "generated" in proc.stdout and "tokens/s" in proc.stdout  # /stats after one answered turn

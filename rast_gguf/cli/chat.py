@@ -52,6 +52,9 @@ def chat_command(
 
     _llama.set_verbose(verbose)
     sampling = SamplingParams(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed, order=sampler_order)
+    if large is None and not base and not tuned and not raw:
+        raw = True  # the built-in toy models are base models without a chat template
+        print("the built-in toy models have no chat template: chatting in --raw mode", file=sys.stderr)
     large_path, pairs = resolve_models(large, base, tuned, alpha, n_gpu_layers, n_gpu_layers_small)
     with RastEngine(large_path, pairs, n_ctx=ctx_size, n_batch=batch_size, n_threads=threads,
                     n_gpu_layers=n_gpu_layers) as engine:
