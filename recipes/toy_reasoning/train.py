@@ -303,6 +303,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shapes", default="small,large", help="SHAPES names for the small and large model")
     ap.add_argument("--deadline", type=float, default=math.inf, help="seconds after which evaluation stops sampling")
     ap.add_argument("--pack", type=Path, help="also write the four checkpoints as a tar split in <= 15 MB pieces here")
+    ap.add_argument("--export-to", type=Path, help="also convert the four checkpoints to GGUF here when done "
+                    "(rast_gguf/data ships them), with the project's converter")
     args = ap.parse_args(argv)
 
     t_start = time.time()
@@ -358,6 +360,11 @@ def main(argv: list[str] | None = None) -> None:
              seed=args.seed, max_new=args.max_new, device=device, deadline=t_start + args.deadline,
              on_result=write_results)
     timings["eval"] = time.time() - t0
+    if args.export_to:
+        from recipes.toy_reasoning.export import export
+
+        for path in export(args.out, args.export_to):
+            log(f"exported {path} ({path.stat().st_size / 1e6:.1f} MB)")
     timings["total"] = time.time() - t_start
     log(f"done in {timings['total']:.0f} s: {json.dumps(timings)}")
 
