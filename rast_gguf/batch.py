@@ -15,7 +15,6 @@ number and skipped, or abort everything before decoding when `strict`.
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import json
 import os
@@ -27,7 +26,7 @@ from pathlib import Path
 
 from rast_gguf.engine import RastEngine
 from rast_gguf.errors import BatchInputError, BatchOutputError, RastError
-from rast_gguf.generate import _StopStringFilter
+from rast_gguf.generate import TextSteps
 from rast_gguf.jsonl import BatchRecord, id_key, read_records
 from rast_gguf.sampling import SEED_RANDOM, SamplingParams
 
@@ -121,40 +120,25 @@ class _Sequence:
     """One job while it decodes: its sampler chain, detokenizer, stop strings and finish rule."""
 
     def __init__(self, engine: RastEngine, job: Job, ignore_eos: bool):
-        self.engine, self.job, self.ignore_eos = engine, job, ignore_eos
         self.sampler = engine.sampler(job.sampling)
         if job.record.alpha is not None:
             for pair_index in range(len(engine.pairs)):
                 self.sampler.set_alpha(pair_index, job.record.alpha)
-        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.stops = _StopStringFilter(job.record.stop)
+        self.steps = TextSteps(engine.model_large, stop=job.record.stop, max_tokens=job.record.max_tokens,
+                               n_ctx=engine.n_ctx, ignore_eos=ignore_eos)
         self.pieces: list[str] = []
-        self.n_tokens = 0
         self.finish_reason: str | None = None
 
     def next_token(self, row: int, pos: int) -> int | None:
         """Sample at output row `row`; the token to decode at `pos` next, or None when finished."""
         token = self.sampler.sample(row)
-        self.n_tokens += 1
-        model = self.engine.model_large
-        if model.is_eog(token) and not self.ignore_eos:
-            text, self.finish_reason = self.stops.flush() + self.decoder.decode(b"", final=True), "stop"
-        else:
-            text, hit_stop = self.stops.push(self.decoder.decode(model.token_bytes(token)))
-            if hit_stop:
-                self.finish_reason = "stop"
-            elif self.n_tokens == self.job.record.max_tokens:
-                self.finish_reason = "length"
-            elif pos >= self.engine.n_ctx:
-                self.finish_reason = "context"
-            if self.finish_reason in ("length", "context"):
-                text += self.stops.flush() + self.decoder.decode(b"", final=True)
+        text, self.finish_reason = self.steps.push(token, pos)
         self.pieces.append(text)
         return None if self.finish_reason else token
 
     def close(self) -> Sample:
         self.sampler.close()
-        return Sample("".join(self.pieces), self.finish_reason or "aborted", self.n_tokens)
+        return Sample("".join(self.pieces), self.finish_reason or "aborted", self.steps.n_tokens)
 
 
 def decode_wave(engine: RastEngine, jobs: Sequence[Job], *, ignore_eos: bool = False) -> list[Sample]:

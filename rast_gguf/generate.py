@@ -101,6 +101,34 @@ class _StopStringFilter:
         return out
 
 
+class TextSteps:
+    """Sampled tokens of one sequence -> its text pieces, and the finish rule: an end-of-generation
+    token or a stop string ("stop"), max_tokens ("length"), no room for the next token ("context")."""
+
+    def __init__(self, model, *, stop: Sequence[str] = (), max_tokens: int, n_ctx: int, ignore_eos: bool = False):
+        self.model, self.max_tokens, self.n_ctx, self.ignore_eos = model, max_tokens, n_ctx, ignore_eos
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.stops = _StopStringFilter(stop)
+        self.n_tokens = 0
+
+    def push(self, token: int, next_pos: int) -> tuple[str, str | None]:
+        """The text this token adds and the finish reason (None: go on, decoding it at next_pos)."""
+        self.n_tokens += 1
+        if self.model.is_eog(token) and not self.ignore_eos:
+            return self._flush(), "stop"
+        text, hit_stop = self.stops.push(self.decoder.decode(self.model.token_bytes(token)))
+        if hit_stop:
+            return text, "stop"
+        if self.n_tokens >= self.max_tokens:
+            return text + self._flush(), "length"
+        if next_pos >= self.n_ctx:
+            return text + self._flush(), "context"
+        return text, None
+
+    def _flush(self) -> str:
+        return self.stops.flush() + self.decoder.decode(b"", final=True)
+
+
 def prompt_tokens_for(engine: RastEngine, prompt: str | Sequence[int]) -> list[int]:
     tokens = engine.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
     if not tokens:
@@ -136,28 +164,14 @@ def stream_continue(engine: RastEngine, *, n_prompt: int, prompt_tps: float = 0.
     sampler = engine.sampler(sampling)
     sampler.set_record(record_logits)
     sampler.set_track_delta(track_delta)
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    stops = _StopStringFilter(stop)
-    model = engine.model_large
+    steps = TextSteps(engine.model_large, stop=stop, max_tokens=max_tokens, n_ctx=engine.n_ctx, ignore_eos=ignore_eos)
     t_gen = time.perf_counter()
     try:
         for n_generated in range(1, max_tokens + 1):
             token = sampler.sample(-1)
             logits = sampler.recorded_logits() if record_logits else None
             delta = DeltaStats(token, *sampler.delta_stats()) if track_delta else None
-            finish = None
-            if model.is_eog(token) and not ignore_eos:
-                text, finish = stops.flush() + decoder.decode(b"", final=True), "stop"
-            else:
-                text, hit_stop = stops.push(decoder.decode(model.token_bytes(token)))
-                if hit_stop:
-                    finish = "stop"
-                elif n_generated == max_tokens:
-                    finish = "length"
-                elif engine.n_past >= engine.n_ctx:
-                    finish = "context"
-                if finish in ("length", "context"):
-                    text += stops.flush() + decoder.decode(b"", final=True)
+            text, finish = steps.push(token, engine.n_past)
             gen_tps = n_generated / max(time.perf_counter() - t_gen, 1e-9)
             yield GenerationResponse(text, token, n_prompt, prompt_tps, n_generated, gen_tps, finish, logits, delta)
             if finish:
