@@ -101,6 +101,8 @@ def bench_engine(setup: BenchSetup, mode: str, paths: tuple[Path, Path, Path]) -
     large, tuned, base = paths
     pairs = [] if mode == "alone" else [DeltaPair(str(tuned), str(base), setup.alpha, setup.n_gpu_layers_small)]
     n_ctx = setup.n_prompt + setup.n_gen + 16
+    placed = [(large, setup.n_gpu_layers)] + [(p, setup.n_gpu_layers_small) for p in (tuned, base) if pairs]
+    estimate = sum(memory.estimate(p, ngl, n_ctx, min(512, setup.n_prompt)).total for p, ngl in placed)
     gpu_before = memory.gpu_used_bytes()
     memory.reset_peak_rss()
     t_load = time.perf_counter()
@@ -121,6 +123,7 @@ def bench_engine(setup: BenchSetup, mode: str, paths: tuple[Path, Path, Path]) -
             "pp_tps": round(max(r[0] for r in runs), 1), "tg_tps": round(max(r[1] for r in runs), 1),
             "tg_tps_runs": [round(r[1], 1) for r in runs],
             "gpu_mib": None if gpu_peak is None or gpu_before is None else round((gpu_peak - gpu_before) / 2**20),
+            "gpu_mib_estimated": round((estimate + (memory.CUDA_CONTEXT_BYTES if estimate else 0)) / 2**20),
             "host_mib": round(host_peak / 2**20) if host_peak else None}
 
 
@@ -139,7 +142,7 @@ def run_bench(setup: BenchSetup, log=print) -> dict:
     for mode in setup.modes:
         run = bench_engine(setup, mode, paths)
         log(f"{setup.label()}: {mode:10s} pp {run['pp_tps']:8.1f} tok/s  tg {run['tg_tps']:7.1f} tok/s  "
-            f"gpu {run['gpu_mib']} MiB  host {run['host_mib']} MiB")
+            f"gpu {run['gpu_mib']} MiB (estimated {run['gpu_mib_estimated']})  host {run['host_mib']} MiB")
         result["runs"].append(run)
     alone = next((r for r in result["runs"] if r["mode"] == "alone"), None)
     if alone:

@@ -144,6 +144,10 @@ class Context:
     def clear(self) -> None:
         C.llama_memory_clear(self._memory, True)
 
+    def synchronize(self) -> None:
+        """Wait until this context's queued work (on a GPU: its stream) has finished."""
+        C.llama_synchronize(self.handle)
+
     def remove_from(self, pos: int, seq_id: int = 0) -> None:
         """Forget positions >= pos of one sequence (so a conversation can be rewound)."""
         C.llama_memory_seq_rm(self._memory, seq_id, pos, -1)
