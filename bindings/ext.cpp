@@ -4,7 +4,6 @@
 // One SamplerChain owns one llama_sampler chain and frees it in close() (or on destruction).
 #include "delta_sampler.h"
 #include "parallel_decode.h"
-#include "stream_priority.h"
 
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
@@ -226,15 +225,6 @@ NB_MODULE(_ext, m) {
              },
              nb::arg("batch"), nb::call_guard<nb::gil_scoped_release>())
         .def("close", &ParallelDecoder::close, nb::call_guard<nb::gil_scoped_release>());
-
-    m.def("stream_priority_install",
-          [] {
-              const rast_stream_priority_status s = rast_stream_priority_install();
-              return std::make_tuple(s.installed, s.detail, s.least, s.greatest);
-          },
-          "(installed, detail, least, greatest): serve libggml-cuda's stream creation with priorities");
-    m.def("stream_priority_set", &rast_stream_priority_set, nb::arg("priority"));
-    m.def("stream_priority_n_raised", &rast_stream_priority_n_raised);
 
     m.def("vocab_first_mismatch",
           [](uintptr_t model_a, uintptr_t model_b, int32_t n) {

@@ -159,6 +159,22 @@ def run_bench(setup: BenchSetup, log=print) -> dict:
     return result
 
 
+def load_results(path: Path) -> list[dict]:
+    """The configurations a `rast bench --json` file holds (for merging runs made apart)."""
+    import json
+
+    try:
+        results = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file; give a JSON file written by rast bench --json") from None
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path}: not a rast bench JSON file ({e})") from None
+    if not isinstance(results, list) or not all(isinstance(r, dict) and "config" in r and "runs" in r
+                                                for r in results):
+        raise UsageError(f"{path}: not a rast bench JSON file (expected a list of configurations with runs)")
+    return results
+
+
 def write_plot(results: list[dict], path: Path) -> Path:
     """Bar chart of generation tokens/s per configuration and mode (needs matplotlib)."""
     try:
@@ -172,9 +188,9 @@ def write_plot(results: list[dict], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(results)), 4.5))
     width = 0.8 / len(modes)
     for j, mode in enumerate(modes):
-        values = [next((r["tg_tps"] for r in res["runs"] if r["mode"] == mode), 0) for res in results]
-        bars = ax.bar([i + j * width for i in range(len(results))], values, width, label=mode)
-        ax.bar_label(bars, fmt="%.0f", fontsize=7)
+        values = [next((r["tg_tps"] for r in res["runs"] if r["mode"] == mode), None) for res in results]
+        bars = ax.bar([i + j * width for i in range(len(results))], [v or 0 for v in values], width, label=mode)
+        ax.bar_label(bars, labels=["" if v is None else f"{v:.0f}" for v in values], fontsize=7)  # not run: no bar
     ax.set_xticks([i + width * (len(modes) - 1) / 2 for i in range(len(results))])
     ax.set_xticklabels([res["config"].replace(" + ", "\n+ ") for res in results], fontsize=7)
     ax.set_ylabel("generation tokens/s (batch 1)")

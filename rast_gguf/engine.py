@@ -27,8 +27,7 @@ from rast_gguf.vocab import check_vocabularies
 class RastEngine:
     def __init__(self, large: str | os.PathLike, pairs: Sequence[DeltaPair] = (), *, n_ctx: int = 4096,
                  n_batch: int = 512, n_threads: int | None = None, n_gpu_layers: int = 0,
-                 flash_attn: str = "auto", n_seq_max: int = 1, overlap: bool = False,
-                 stream_priority: bool = True):
+                 flash_attn: str = "auto", n_seq_max: int = 1, overlap: bool = False):
         self._models: list[Model] = []
         self._decoder: _ext.ParallelDecoder | None = None
         self._contexts: list[Context] = []
@@ -55,17 +54,12 @@ class RastEngine:
                                                           for path in (p.tuned, p.base)],
                               n_ctx=n_ctx * n_seq_max, n_batch=n_batch)
             self.model_large = self._load(large, n_gpu_layers)
-            self.stream_priority = False  # whether the large context's CUDA stream is the most urgent
-            self.ctx_large = self._large_context(n_ctx, n_batch, n_threads,
-                                                 urgent=stream_priority and bool(self.pairs) and n_gpu_layers != 0)
+            self.ctx_large = self._context(self.model_large, n_ctx, n_batch, n_threads)
             self.pair_contexts: list[tuple[Context, Context]] = []
             for pair in self.pairs:
                 tuned = self._context(self._load(pair.tuned, pair.n_gpu_layers), n_ctx, n_batch, n_threads)
                 base = self._context(self._load(pair.base, pair.n_gpu_layers), n_ctx, n_batch, n_threads)
                 self.pair_contexts.append((tuned, base))
-            # On a GPU llama_decode only queues work, but queuing costs 0.1-0.3 ms of CPU per context:
-            # the small pair goes first so its shorter chains start early and end with the large one's.
-            self._issue_order = self._contexts[1:] + self._contexts[:1]
             self.n_ctx = self.ctx_large.n_ctx_seq  # per sequence
             n_batch = min(ctx.n_batch for ctx in self._contexts)
             self._batch = Batch(n_batch)
@@ -77,23 +71,6 @@ class RastEngine:
             raise
         self.n_past = 0
         self.n_decoded = 0  # tokens decoded by feed() over the engine's life (each in every context)
-
-    def _large_context(self, n_ctx: int, n_batch: int, n_threads: int | None, urgent: bool) -> Context:
-        """The large model's context; with `urgent` on CUDA, its stream gets the most urgent priority,
-        so the small pair's kernels fill the gaps of the large model's chain instead of delaying it.
-        ggml-cuda creates a context's stream lazily, at its first use: raise, create, lower."""
-        greatest = _ext.stream_priority_install()[3] if urgent else 0
-        if greatest == 0:
-            return self._context(self.model_large, n_ctx, n_batch, n_threads)
-        n_raised = _ext.stream_priority_n_raised()
-        _ext.stream_priority_set(greatest)
-        try:
-            ctx = self._context(self.model_large, n_ctx, n_batch, n_threads)
-            ctx.synchronize()  # waits on the stream, creating it if setting up the context did not
-        finally:
-            _ext.stream_priority_set(0)
-        self.stream_priority = _ext.stream_priority_n_raised() > n_raised
-        return ctx
 
     def _load(self, path, n_gpu_layers: int, vocab_only: bool = False) -> Model:
         model = Model(path, n_gpu_layers=n_gpu_layers, vocab_only=vocab_only)
@@ -155,7 +132,7 @@ class RastEngine:
 
     def _decode_batch(self) -> None:
         if self._decoder is None:
-            for ctx in self._issue_order:
+            for ctx in self._contexts:
                 ctx.decode(self._batch)
             return
         for ctx, rc in zip(self._contexts, self._decoder.decode_all(self._batch.address)):

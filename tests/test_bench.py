@@ -33,6 +33,27 @@ def test_bench_runs_every_mode_and_writes_json_and_plot(tmp_path):
     assert len(list((tmp_path / "m").glob("*.gguf"))) == 3  # large, tuned, base; reused by a second run
 
 
+def test_bench_merges_earlier_runs_into_one_table_json_and_plot(tmp_path):
+    runs = [{"mode": "alone", "pp_tps": 100.0, "tg_tps": 50.0, "gpu_mib": 10, "host_mib": 20,
+             "tg_ratio_vs_alone": 1.0},
+            {"mode": "sequential", "pp_tps": 90.0, "tg_tps": 41.25, "gpu_mib": 12, "host_mib": 21,
+             "tg_ratio_vs_alone": 0.825}]
+    (tmp_path / "a.json").write_text(json.dumps([{"config": "A + a", "runs": runs}]))
+    (tmp_path / "b.json").write_text(json.dumps([{"config": "B + b", "runs": runs[:1]}]))
+    proc = rast("bench", "--from-json", "a.json", "--from-json", "b.json", "--json", "all.json",
+                "--plot", "all.png", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| A + a | sequential | 90 | 41.2 | 0.82 | 12 | 21 |" in proc.stdout
+    assert "| B + b | alone | 100 | 50.0 | 1.00 | 10 | 20 |" in proc.stdout
+    assert [r["config"] for r in json.loads((tmp_path / "all.json").read_text())] == ["A + a", "B + b"]
+    assert (tmp_path / "all.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "bad.json").write_text('{"not": "a list"}')
+    for bad, message in (("bad.json", "not a rast bench JSON file"), ("missing.json", "no such file")):
+        proc = rast("bench", "--from-json", bad, cwd=tmp_path)
+        assert proc.returncode == 1 and message in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+
+
 def test_bench_rejects_unknown_shape_and_mismatched_families(tmp_path):
     proc = rast("bench", "--large", "qwen9-400b", cwd=tmp_path)
     assert proc.returncode == 1 and proc.stderr.startswith("error: unknown model shape 'qwen9-400b'")

@@ -52,3 +52,28 @@ def test_full_context_through_the_parallel_decoder_is_a_clean_error(triple):
         # feed() refuses before decoding; decode_entries goes to llama.cpp, which finds no KV slot
         with pytest.raises(PromptTooLongError):
             engine.decode_entries([5], [engine.n_ctx], [0], [True])
+
+
+@pytest.mark.parametrize("command", ["generate", "batch"])
+def test_cli_overlap_switch_gives_the_same_greedy_text(triple, tmp_path, command):
+    import json
+    import subprocess
+    import sys
+
+    models = ["-m", str(triple.large), "--base", str(triple.base), "--tuned", str(triple.tuned), "-t", "1"]
+    outputs = []
+    for switch in ("--no-overlap", "--overlap"):
+        if command == "generate":
+            args = ["generate", *models, "-p", "Hello", "-n", "12", "--temp", "0", switch]
+        else:
+            (tmp_path / "in.jsonl").write_text(json.dumps({"id": "a", "prompt": "Hello"}) + "\n")
+            out = tmp_path / f"out{switch}.jsonl"
+            args = ["batch", str(tmp_path / "in.jsonl"), "-o", str(out), *models, "-n", "12", "--temp", "0", switch]
+        proc = subprocess.run([sys.executable, "-c", "from rast_gguf.cli.app import main; main()", *args],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        if command == "generate":
+            outputs.append(proc.stdout.rsplit("prompt:", 1)[0])  # the text; the stats line has timings
+        else:
+            outputs.append(json.loads(out.read_text())["text"])
+    assert outputs[0] == outputs[1] and outputs[0]

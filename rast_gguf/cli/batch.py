@@ -29,7 +29,7 @@ def batch_command(
     temp: o.Temp = 0.8, top_k: o.TopK = 40, top_p: o.TopP = 0.95, min_p: o.MinP = 0.05,
     seed: Annotated[int, typer.Option("-s", "--seed", help="Seed; each sample's own seed is derived from it, the "
                                       "record id and the sample index, so runs repeat exactly.")] = 0,
-    sampler_order: o.SamplerOrder = "llama", verbose: o.Verbose = False,
+    sampler_order: o.SamplerOrder = "llama", verbose: o.Verbose = False, overlap: o.Overlap = False,
 ):
     """Generate completions for every record of a JSONL file (-c is the context of each sequence).
 
@@ -47,7 +47,7 @@ def batch_command(
     records, problems = read_records(input_path, sampling, n_predict)
     large_path, pairs = resolve_models(large, base, tuned, alpha, n_gpu_layers, n_gpu_layers_small)
     with RastEngine(large_path, pairs, n_ctx=ctx_size, n_batch=batch_size, n_threads=threads,
-                    n_gpu_layers=n_gpu_layers, n_seq_max=parallel) as engine:
+                    n_gpu_layers=n_gpu_layers, n_seq_max=parallel, overlap=overlap) as engine:
         summary = run_batch(engine, records, output, problems=problems, strict=strict, progress=progress)
     skipped = f", {len(summary.bad_lines)} bad lines skipped" if summary.bad_lines else ""
     print(f"{output}: wrote {summary.n_written} records ({summary.n_resumed} already there{skipped}) | "

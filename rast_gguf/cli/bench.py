@@ -26,13 +26,22 @@ def bench_command(
     workdir: Annotated[Path, typer.Option("--models-dir", help="Where synthetic models are written and reused.")] = Path("bench-models"),
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON here.")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG bar chart here (needs matplotlib).")] = None,
+    from_json: Annotated[Optional[list[Path]], typer.Option("--from-json", help="Run nothing: merge the results of earlier --json files (repeat) into one table, JSON and plot.")] = None,
     threads: o.Threads = None, verbose: o.Verbose = False,
 ) -> None:
     """Time prompt processing and generation: large model alone, RAST sequential, RAST overlapped."""
     from rast_gguf import _llama
-    from rast_gguf.bench import BenchSetup, run_bench, write_plot
+    from rast_gguf.bench import BenchSetup, load_results, run_bench, write_plot
     from rast_gguf.errors import UsageError
 
+    if from_json:
+        results = [res for path in from_json for res in load_results(path)]
+        if json_out:
+            json_out.write_text(json.dumps(results, indent=2))
+        print(format_table(results))
+        if plot:
+            write_plot(results, plot)
+        return
     _llama.set_verbose(verbose)
     if len(small) not in (1, len(large)):
         raise UsageError("give one --small for all configurations or one per --large")

@@ -19,7 +19,7 @@ def generate_command(
     temp: o.Temp = 0.8, top_k: o.TopK = 40, top_p: o.TopP = 0.95, min_p: o.MinP = 0.05,
     seed: o.Seed = 0xFFFFFFFF, sampler_order: o.SamplerOrder = "llama",
     stop: Annotated[Optional[list[str]], typer.Option("--stop", help="Stop string; repeatable.")] = None,
-    verbose: o.Verbose = False,
+    verbose: o.Verbose = False, overlap: o.Overlap = False,
 ):
     """Generate a completion with RAST.
 
@@ -36,7 +36,7 @@ def generate_command(
     large_path, pairs = resolve_models(large, base, tuned, alpha, n_gpu_layers, n_gpu_layers_small)
     last = None
     with RastEngine(large_path, pairs, n_ctx=ctx_size, n_batch=batch_size, n_threads=threads,
-                    n_gpu_layers=n_gpu_layers) as engine:
+                    n_gpu_layers=n_gpu_layers, overlap=overlap) as engine:
         for last in stream_generate(engine, prompt, max_tokens=n_predict, sampling=sampling, stop=stop or ()):
             sys.stdout.write(last.text)
             sys.stdout.flush()

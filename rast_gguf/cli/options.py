@@ -15,6 +15,7 @@ NGpuLayers = Annotated[int, typer.Option("-ngl", "--n-gpu-layers", help="Layers 
 NGpuLayersSmall = Annotated[Optional[int], typer.Option("-ngls", "--n-gpu-layers-small", help="Layers of each small model on the GPU (-1: all). [default: same as -ngl]", show_default=False)]
 CtxSize = Annotated[int, typer.Option("-c", "--ctx-size", help="Context size in tokens, shared by all models.")]
 BatchSize = Annotated[int, typer.Option("-b", "--batch-size", help="Tokens per llama_decode call while reading the prompt.")]
+Overlap = Annotated[bool, typer.Option("--overlap/--no-overlap", help="Decode the small models on worker threads beside the large one (on an H100 no faster than the plain loop, which already runs the three GPU graphs side by side; compare on your machine with rast bench).")]
 Threads = Annotated[Optional[int], typer.Option("-t", "--threads", help="CPU threads per model. [default: all cores]", show_default=False)]
 NPredict = Annotated[int, typer.Option("-n", "--n-predict", help="Maximum tokens to generate.")]
 Temp = Annotated[float, typer.Option("--temp", help="Temperature; 0 means greedy.")]
