@@ -123,7 +123,8 @@ def bench_engine(setup: BenchSetup, mode: str, paths: tuple[Path, Path, Path]) -
             "pp_tps": round(max(r[0] for r in runs), 1), "tg_tps": round(max(r[1] for r in runs), 1),
             "tg_tps_runs": [round(r[1], 1) for r in runs],
             "gpu_mib": None if gpu_peak is None or gpu_before is None else round((gpu_peak - gpu_before) / 2**20),
-            "gpu_mib_estimated": round((estimate + (memory.CUDA_CONTEXT_BYTES if estimate else 0)) / 2**20),
+            "gpu_mib_estimated": None if gpu_peak is None or not estimate else
+            round((estimate + memory.CUDA_CONTEXT_BYTES) / 2**20),  # what check_fits compared with free memory
             "host_mib": round(host_peak / 2**20) if host_peak else None}
 
 
