@@ -15,7 +15,7 @@ import argparse
 import statistics
 import time
 
-from rast_gguf.handles import Batch, Context, Model
+from gpu_contexts import ProbeTriple
 
 parser = argparse.ArgumentParser()
 parser.add_argument("large"), parser.add_argument("tuned"), parser.add_argument("base")
@@ -24,44 +24,19 @@ parser.add_argument("--n-past", type=int, default=512)
 parser.add_argument("--only", help="run one set (for a profiler): large, tuned, pair, large+tuned, all three")
 args = parser.parse_args()
 
-models = [Model(p, n_gpu_layers=-1) for p in (args.large, args.tuned, args.base)]
-contexts = [Context(m, n_ctx=args.n_past + 4 * args.n + 64, n_batch=512, n_threads=4, n_seq_max=1,
-                    flash_attn="auto") for m in models]
-names = ["large", "tuned", "base"]
-n_vocab = min(m.n_vocab for m in models)
-prompt = [10 + (i * 7919) % (n_vocab // 2) for i in range(args.n_past)]
-batch = Batch(512)
-batch.set_tokens(prompt, 0)
-for ctx in contexts:
-    ctx.decode(batch)
-    ctx.synchronize()
-n_past = args.n_past
-
-
+probe = ProbeTriple([args.large, args.tuned, args.base], n_past=args.n_past, n_ctx=args.n_past + 4 * args.n + 64)
 issue_ms: dict[str, list[float]] = {}
 
 
-def per_token_ms(which: list[int], n: int, name: str = "") -> float:
-    global n_past
+def per_token_ms(which: list[int], n: int, name: str) -> float:
+    """Median time per token of n tokens decoded in the chosen contexts, from just after the prompt."""
+    probe.rewind()
     times = []
     for i in range(n):
-        batch.set_tokens([prompt[i % len(prompt)]], n_past)
         t0 = time.perf_counter()
-        for k in which:
-            contexts[k].decode(batch)
-        issue_ms.setdefault(name, []).append((time.perf_counter() - t0) * 1e3)
-        for k in which:
-            contexts[k].synchronize()
+        issue_ms.setdefault(name, []).append(probe.step(which, probe.prompt[i % len(probe.prompt)], args.n_past + i))
         times.append((time.perf_counter() - t0) * 1e3)
-        n_past += 1
     return statistics.median(times[8:])
-
-
-def reset_to_prompt():
-    global n_past
-    for ctx in contexts:
-        ctx.remove_from(args.n_past)
-    n_past = args.n_past
 
 
 sets = {"large": [0], "tuned": [1], "pair": [1, 2], "large+tuned": [0, 1], "all three": [0, 1, 2],
@@ -80,7 +55,6 @@ if args.only:
 results = {name: [] for name in sets}
 for _ in range(1 if args.only else 3):
     for name, which in sets.items():
-        reset_to_prompt()
         if profiler is not None:
             profiler.cudaProfilerStart()
         results[name].append(per_token_ms(which, args.n, name))
@@ -93,8 +67,4 @@ m = {name: statistics.median(r) for name, r in results.items()}
 if not args.only:
     print(f"all three - large = {m['all three'] - m['large']:.3f} ms; pair alone = {m['pair']:.3f} ms; "
           f"hidden fraction of the pair = {1 - (m['all three'] - m['large']) / m['pair']:.2f}")
-batch.close()
-for ctx in contexts:
-    ctx.close()
-for model in models:
-    model.close()
+probe.close()

@@ -14,7 +14,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from rast_gguf.handles import Batch, Context, Model
+from gpu_contexts import ProbeTriple
 
 parser = argparse.ArgumentParser()
 parser.add_argument("large"), parser.add_argument("tuned"), parser.add_argument("base")
@@ -26,29 +26,15 @@ args = parser.parse_args()
 import torch  # noqa: E402  (after llama.cpp: CUPTI then sees every kernel of the process's context)
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-models = [Model(p, n_gpu_layers=-1) for p in (args.large, args.tuned, args.base)]
-contexts = [Context(m, n_ctx=args.n_past + 8 * args.n + 64, n_batch=512, n_threads=4, n_seq_max=1,
-                    flash_attn="auto") for m in models]
-n_vocab = min(m.n_vocab for m in models)
-prompt = [10 + (i * 7919) % (n_vocab // 2) for i in range(args.n_past)]
-batch = Batch(512)
-batch.set_tokens(prompt, 0)
-for ctx in contexts:
-    ctx.decode(batch)
-    ctx.synchronize()
+probe = ProbeTriple([args.large, args.tuned, args.base], n_past=args.n_past, n_ctx=args.n_past + 8 * args.n + 64)
 torch.cuda.init()
 
 
 def run(which: list[int], n: int) -> float:
-    for ctx in contexts:
-        ctx.remove_from(args.n_past)
+    probe.rewind()
     t0 = time.perf_counter()
     for i in range(n):
-        batch.set_tokens([prompt[i]], args.n_past + i)
-        for k in which:
-            contexts[k].decode(batch)
-        for k in which:
-            contexts[k].synchronize()
+        probe.step(which, probe.prompt[i], args.n_past + i)
     return (time.perf_counter() - t0) * 1e3 / n
 
 
@@ -93,8 +79,4 @@ for label, which in (("large alone", [0]), ("all three", [0, 1, 2]), ("pair", [1
     prof.export_chrome_trace(str(path))
     print(f"{label}: {ms:.3f} ms/token under the profiler")
     results[label] = summarize(path, label)
-batch.close()
-for ctx in contexts:
-    ctx.close()
-for model in models:
-    model.close()
+probe.close()
