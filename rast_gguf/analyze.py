@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rast_gguf.report_files import write_result_files
 from rast_gguf.sampling import DeltaPair, SamplingParams
 
 MIN_SHIFT = 0.01  # nats: smaller mean shifts are float noise, not the delta acting
@@ -176,10 +177,5 @@ def plot(analysis: Analysis, path: Path) -> Path | None:
 
 
 def write_analysis(analysis: Analysis, out_dir: str | os.PathLike) -> list[Path]:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = [out_dir / "analysis.json", out_dir / "analysis.md"]
-    written[0].write_text(json.dumps(to_dict(analysis), indent=2) + "\n")
-    written[1].write_text(markdown(analysis) + "\n")
-    png = plot(analysis, out_dir / "analysis.png")
-    return written + ([png] if png else [])
+    return write_result_files(out_dir, "analysis", to_dict(analysis), markdown(analysis),
+                              lambda path: plot(analysis, path))

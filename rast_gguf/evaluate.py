@@ -24,6 +24,7 @@ from pathlib import Path
 
 from rast_gguf.errors import DatasetError, UsageError
 from rast_gguf.passk import ks_for, mean_pass_at_k
+from rast_gguf.report_files import write_result_files
 from rast_gguf.sampling import DeltaPair, SamplingParams
 
 PAPER_TEMPLATE = "Question:\n{question}\nAnswer:\nLet's think step by step.\n"
@@ -251,10 +252,5 @@ def plot_report(report: EvalReport, path: Path) -> Path | None:
 
 
 def write_report(report: EvalReport, out_dir: str | os.PathLike) -> list[Path]:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = [out_dir / "results.json", out_dir / "results.md"]
-    written[0].write_text(json.dumps(report_dict(report), indent=2) + "\n")
-    written[1].write_text(markdown_table(report) + "\n")
-    png = plot_report(report, out_dir / "results.png")
-    return written + ([png] if png else [])
+    return write_result_files(out_dir, "results", report_dict(report), markdown_table(report),
+                              lambda path: plot_report(report, path))
