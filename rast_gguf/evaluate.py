@@ -141,7 +141,7 @@ def _read_texts(path: Path) -> dict[str, tuple[list[str], int]]:
 def evaluate(configs: Sequence[EvalConfig], problems: Sequence[EvalProblem], out_dir: str | os.PathLike, *,
              template: str = "{question}", n: int = 1, sampling: SamplingParams | None = None,
              max_tokens: int = 512, stop: Sequence[str] = (), n_parallel: int = 8, n_ctx: int = 2048,
-             n_threads: int | None = None, n_gpu_layers: int = 0, progress: bool = True,
+             n_threads: int | None = None, n_gpu_layers: int = 0, flash_attn: str = "auto", progress: bool = True,
              grader: Callable[[str, str], bool] | None = None, dataset_name: str = "",
              on_config: Callable[[ConfigResult], None] | None = None) -> EvalReport:
     """Decode, grade and score every configuration (see the module docstring)."""
@@ -167,7 +167,7 @@ def evaluate(configs: Sequence[EvalConfig], problems: Sequence[EvalProblem], out
     for (lead, pair), group in groups.items():
         pairs = [DeltaPair(pair[0], pair[1], group[0].alpha, n_gpu_layers)] if pair else []
         with RastEngine(lead, pairs, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
-                        n_seq_max=n_parallel) as engine:
+                        flash_attn=flash_attn, n_seq_max=n_parallel) as engine:
             for config in group:
                 out_path = out_dir / "samples" / f"{config.slug}.jsonl"
                 if progress:

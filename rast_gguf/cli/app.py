@@ -36,6 +36,12 @@ app.command("eval")(eval_command)
 app.command("analyze")(analyze_command)
 
 
+def _is_usage_error(e: Exception) -> bool:
+    """click's ClickException family (a bad flag, a missing option), whether typer uses the click package or
+    its own vendored copy: recognised by the interface they share."""
+    return callable(getattr(e, "format_message", None)) and isinstance(getattr(e, "exit_code", None), int)
+
+
 def main() -> None:
     from rast_gguf.errors import RastError
 
@@ -53,13 +59,16 @@ def main() -> None:
         sys.exit(e.exit_code)
     except (typer.Abort, EOFError):
         sys.exit(1)
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
+    except Exception as e:
+        if not _is_usage_error(e):
+            raise
+        context = getattr(e, "ctx", None)
+        hint = f" (see: {context.command_path} --help)" if context is not None else ""
+        message = " ".join(e.format_message().split())
+        if not message:  # `rast` alone: click has printed the help
             sys.exit(e.exit_code)
-        raise
+        print(f"error: {message}{hint}", file=sys.stderr)
+        sys.exit(1)
     sys.exit(exit_code if isinstance(exit_code, int) else 0)
 
 

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from rast_gguf.cli import options as o
-from rast_gguf.cli.models import resolve_models
+from rast_gguf.cli.engine_setup import from_flags, sampling_from_flags
 
 
 def batch_command(
@@ -26,28 +26,24 @@ def batch_command(
     large: o.Large = None, base: o.Base = None, tuned: o.Tuned = None, alpha: o.Alpha = None,
     n_predict: o.NPredict = 256, ctx_size: o.CtxSize = 4096, batch_size: o.BatchSize = 512,
     n_gpu_layers: o.NGpuLayers = 0, n_gpu_layers_small: o.NGpuLayersSmall = None, threads: o.Threads = None,
-    temp: o.Temp = 0.8, top_k: o.TopK = 40, top_p: o.TopP = 0.95, min_p: o.MinP = 0.05,
-    seed: Annotated[int, typer.Option("-s", "--seed", help="Seed; each sample's own seed is derived from it, the "
+    flash_attn: o.FlashAttn = o.FLASH_ATTN, temp: o.Temp = o.TEMP, top_k: o.TopK = o.TOP_K, top_p: o.TopP = o.TOP_P,
+    min_p: o.MinP = o.MIN_P, seed: Annotated[int, typer.Option("-s", "--seed", help="Seed; each sample's own seed is derived from it, the "
                                       "record id and the sample index, so runs repeat exactly.")] = 0,
-    sampler_order: o.SamplerOrder = "llama", verbose: o.Verbose = False, overlap: o.Overlap = False,
+    sampler_order: o.SamplerOrder = o.ORDER, convert_type: o.ConvertType = o.CONVERT_TYPE, verbose: o.Verbose = False,
+    overlap: o.Overlap = False,
 ):
     """Generate completions for every record of a JSONL file (-c is the context of each sequence).
 
     Example: rast batch problems.jsonl -o answers.jsonl -m Qwen/Qwen2.5-7B-GGUF:Q4_K_M
     --base Qwen2.5-1.5B-Q8_0.gguf --tuned SimpleRL-1.5B-Q8_0.gguf -np 8 -n 1024 --temp 1.0 --top-p 0.95
     """
-    from rast_gguf import _llama
     from rast_gguf.batch import run_batch
-    from rast_gguf.engine import RastEngine
     from rast_gguf.jsonl import read_records
-    from rast_gguf.sampling import SamplingParams
 
-    _llama.set_verbose(verbose)
-    sampling = SamplingParams(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed, order=sampler_order)
+    flags = locals()
+    sampling = sampling_from_flags(flags)
     records, problems = read_records(input_path, sampling, n_predict)
-    large_path, pairs = resolve_models(large, base, tuned, alpha, n_gpu_layers, n_gpu_layers_small)
-    with RastEngine(large_path, pairs, n_ctx=ctx_size, n_batch=batch_size, n_threads=threads,
-                    n_gpu_layers=n_gpu_layers, n_seq_max=parallel, overlap=overlap) as engine:
+    with from_flags(flags, sampling=sampling).engine(n_seq_max=parallel) as engine:
         summary = run_batch(engine, records, output, problems=problems, strict=strict, progress=progress)
     skipped = f", {len(summary.bad_lines)} bad lines skipped" if summary.bad_lines else ""
     print(f"{output}: wrote {summary.n_written} records ({summary.n_resumed} already there{skipped}) | "

@@ -9,7 +9,7 @@ what the conversion itself needed; compare it with the checkpoint size. A sampli
 records the peaks of anonymous and of file-backed resident memory (/proc/self/status RssAnon,
 RssFile): mmap'd file pages count in ru_maxrss but are page cache the kernel can drop.
 
-    PYTHONPATH=convert:. python convert/bench_convert_memory.py --size-mb 300 --types f16 q8_0 q4_k_m
+    .venv/bin/python benchmarks/bench_convert_memory.py --size-mb 300 --types f16 q8_0 q4_k_m
 """
 
 from __future__ import annotations
