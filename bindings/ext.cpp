@@ -1,7 +1,8 @@
 // Python binding (nanobind) of the RAST sampler chain: the delta sampler first, then llama.cpp's
 // own temperature / top-k / top-p / min-p samplers and dist (or greedy) last. Python hands over
 // raw llama_context / llama_model addresses from llama-cpp-python; this module never owns them.
-// One SamplerChain owns one llama_sampler chain and frees it in close() (or on destruction).
+// One SamplerChain owns one llama_sampler chain and frees it in close() (or on destruction); any use
+// after close() raises rast_gguf.errors.ClosedError (the engine closes its chains before its contexts).
 #include "delta_sampler.h"
 #include "parallel_decode.h"
 
@@ -17,6 +18,11 @@
 #include <vector>
 
 namespace nb = nanobind;
+
+// Thrown for a closed object; becomes rast_gguf.errors.ClosedError in Python (translator below).
+struct closed_error : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
 
 template <typename T> static T * from_addr(uintptr_t addr) {
     if (addr == 0) {
@@ -98,7 +104,10 @@ struct SamplerChain {
     }
 
     void check_open() const {
-        if (!chain) throw std::runtime_error("sampler chain is closed");
+        if (!chain) {
+            throw closed_error("this sampler chain is closed (closed itself, or its engine was closed); "
+                               "make a new one with engine.sampler() on an open engine");
+        }
     }
 
     int32_t sample(int32_t idx) {
@@ -190,7 +199,19 @@ struct SamplerChain {
 NB_MODULE(_ext, m) {
     m.doc() = "C++ part of rast-gguf: the RAST delta sampler as a llama_sampler, and vocab helpers.";
 
-    nb::class_<SamplerChain>(m, "SamplerChain")
+    // The Python type is looked up once and kept for the process's life (never decref'd at exit).
+    PyObject * closed_type = nb::object(nb::module_::import_("rast_gguf.errors").attr("ClosedError")).release().ptr();
+    nb::register_exception_translator(
+        [](const std::exception_ptr & p, void * payload) {
+            try {
+                std::rethrow_exception(p);
+            } catch (const closed_error & e) {
+                PyErr_SetString(static_cast<PyObject *>(payload), e.what());
+            }
+        },
+        closed_type);
+
+    nb::class_<SamplerChain>(m, "SamplerChain", nb::is_weak_referenceable())
         .def(nb::init<uintptr_t, const std::vector<std::tuple<float, uintptr_t, uintptr_t>> &, int32_t,
                       float, int32_t, float, float, uint32_t, const std::string &>(),
              nb::arg("ctx_large"), nb::arg("pairs"), nb::arg("n_shared"), nb::arg("temp"), nb::arg("top_k"),

@@ -15,10 +15,12 @@ vocabularies checked before any context is created; close() frees everything in 
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Sequence
 
 from rast_gguf import _ext, memory
-from rast_gguf.errors import PromptTooLongError, UsageError
+from rast_gguf.errors import ClosedError, PromptTooLongError, UsageError
+from rast_gguf.gguf_file import GGUFInfo
 from rast_gguf.handles import FLASH_ATTN_TYPES, Batch, Context, Model
 from rast_gguf.sampling import DeltaPair, SamplingParams, check_alpha
 from rast_gguf.vocab import check_vocabularies
@@ -32,6 +34,9 @@ class RastEngine:
         self._decoder: _ext.ParallelDecoder | None = None
         self._contexts: list[Context] = []
         self._batch: Batch | None = None
+        self._samplers: weakref.WeakSet[_ext.SamplerChain] = weakref.WeakSet()  # closed before the contexts
+        self._closed = False
+        self._infos: dict[str, GGUFInfo] = {}
         self.pairs = list(pairs)
         if flash_attn not in FLASH_ATTN_TYPES:
             raise UsageError(f"--flash-attn must be one of {', '.join(FLASH_ATTN_TYPES)}, got {flash_attn!r}")
@@ -50,8 +55,8 @@ class RastEngine:
             self._models.clear()
 
             # refuse up front, with the estimate, rather than fail inside llama.cpp's allocator
-            memory.check_fits([(large, n_gpu_layers)] + [(path, p.n_gpu_layers) for p in self.pairs
-                                                          for path in (p.tuned, p.base)],
+            memory.check_fits([(self._infos[str(large)], n_gpu_layers)]
+                              + [(self._infos[str(path)], p.n_gpu_layers) for p in self.pairs for path in (p.tuned, p.base)],
                               n_ctx=n_ctx * n_seq_max, n_batch=n_batch)
             self.model_large = self._load(large, n_gpu_layers)
             self.ctx_large = self._context(self.model_large, n_ctx, n_batch, n_threads)
@@ -73,7 +78,10 @@ class RastEngine:
         self.n_decoded = 0  # tokens decoded by feed() over the engine's life (each in every context)
 
     def _load(self, path, n_gpu_layers: int, vocab_only: bool = False) -> Model:
-        model = Model(path, n_gpu_layers=n_gpu_layers, vocab_only=vocab_only)
+        # each file's header is parsed once per start: the vocab-only load, the memory estimate and the
+        # full load share it
+        model = Model(path, n_gpu_layers=n_gpu_layers, vocab_only=vocab_only, info=self._infos.get(str(path)))
+        self._infos[str(path)] = model.info
         self._models.append(model)
         return model
 
@@ -92,21 +100,25 @@ class RastEngine:
         return self.model_large.n_vocab
 
     def tokenize(self, text: str, *, add_special: bool | None = None) -> list[int]:
+        self._check_open()
         return self.model_large.tokenize(text, add_special=add_special)
 
     def reset(self) -> None:
+        self._check_open()
         for ctx in self._contexts:
             ctx.clear()
         self.n_past = 0
 
     def rewind(self, n_past: int) -> None:
         """Forget everything after the first n_past tokens, in every context."""
+        self._check_open()
         for ctx in self._contexts:
             ctx.remove_from(n_past)
         self.n_past = n_past
 
     def feed(self, tokens: Sequence[int]) -> None:
         """Decode tokens at the next positions of every context; logits for the last one."""
+        self._check_open()
         if self.n_past + len(tokens) > self.n_ctx:
             raise PromptTooLongError(
                 f"{self.n_past + len(tokens)} tokens do not fit in the context of {self.n_ctx}; "
@@ -122,6 +134,7 @@ class RastEngine:
                        logits: Sequence[bool]) -> None:
         """One llama_decode of entries from several sequences (at most n_batch) in every context;
         the logits of entry i (one with logits=True) are then `sampler.sample(i)`'s, in every context."""
+        self._check_open()
         self._batch.set_entries(tokens, positions, seq_ids, logits)
         self._decode_batch()
 
@@ -139,9 +152,12 @@ class RastEngine:
             ctx.check_decode(rc)
 
     def sampler(self, params: SamplingParams) -> _ext.SamplerChain:
+        self._check_open()
         pairs = [(p.alpha, tuned.address, base.address) for p, (tuned, base) in zip(self.pairs, self.pair_contexts)]
-        return _ext.SamplerChain(self.ctx_large.address, pairs, self.n_shared, params.temp, params.top_k,
-                                 params.top_p, params.min_p, params.resolved_seed, params.order)
+        chain = _ext.SamplerChain(self.ctx_large.address, pairs, self.n_shared, params.temp, params.top_k,
+                                  params.top_p, params.min_p, params.resolved_seed, params.order)
+        self._samplers.add(chain)
+        return chain
 
     def set_alpha(self, alpha: float, pair_index: int | None = None) -> None:
         """Change alpha for later samplers (all pairs when pair_index is None)."""
@@ -151,7 +167,19 @@ class RastEngine:
             p = self.pairs[i]
             self.pairs[i] = DeltaPair(p.tuned, p.base, alpha, p.n_gpu_layers)
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("the engine is closed; create a new RastEngine")
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
+        self._closed = True
+        for chain in list(self._samplers):  # they point at the contexts freed below
+            chain.close()
+        self._samplers.clear()
         if getattr(self, "_decoder", None) is not None:  # its threads use the contexts: stop it first
             self._decoder.close()
             self._decoder = None

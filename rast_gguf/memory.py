@@ -18,7 +18,7 @@ import re
 from collections.abc import Sequence
 
 from rast_gguf.errors import OutOfMemoryError
-from rast_gguf.gguf_file import read_gguf_info
+from rast_gguf.gguf_file import GGUFInfo, read_gguf_info
 
 GIB = 2**30
 CUDA_CONTEXT_BYTES = 600 * 2**20  # driver context + cuBLAS workspace, once per process
@@ -42,7 +42,8 @@ class Estimate:
 
 
 def estimate(path, n_gpu_layers: int, n_ctx: int, n_batch: int = 512) -> Estimate:
-    info = read_gguf_info(path)
+    """`path`: a GGUF file, or its GGUFInfo when the caller has parsed it already."""
+    info = path if isinstance(path, GGUFInfo) else read_gguf_info(path)
     meta, arch = info.metadata, info.architecture
     n_layer = int(meta[f"{arch}.block_count"])
     n_embd = int(meta[f"{arch}.embedding_length"])
