@@ -6,10 +6,10 @@ The engine knows models, contexts and positions; it does not know prompts, text 
 the last one only); `sampler(params)` builds the C++ chain whose first link adds the pairs' delta
 to the large model's logits for that last position. With overlap=True one feed decodes all
 contexts at once: the large one on the caller's thread, each small one on a C++ worker thread
-(`_ext.ParallelDecoder`). Off by default: on CUDA llama_decode only queues work (0.2-0.5 ms of a
-5-6 ms token on an H100), so the plain loop already overlaps the CPU side, and the threads measured
-no faster (BENCHMARKS.md). All files are validated and all
-vocabularies checked before any context is created; close() frees everything in reverse order.
+(`_ext.ParallelDecoder`). Off by default: on CUDA llama_decode only queues work, so the plain loop
+already overlaps the CPU side, and the threads measured no faster (timings in BENCHMARKS.md). All
+files are validated (each header parsed once) and all vocabularies checked before any context is
+created; close() closes the sampler chains the engine made, then frees everything in reverse order.
 """
 
 from __future__ import annotations
