@@ -27,9 +27,41 @@ from rast_gguf.vocab import check_vocabularies
 
 
 class RastEngine:
+    """A large model and its delta pairs in llama.cpp contexts, kept at the same positions.
+
+    Use it as a context manager (or call close()). After close() every method raises ClosedError.
+
+    Attributes: `pairs` (the DeltaPairs, alphas as set now), `n_ctx` (context size per sequence, in
+    tokens), `n_batch` (most tokens one llama_decode takes), `n_past` (tokens fed so far in sequence 0),
+    `n_shared` (token ids every model scores: the delta covers ids < n_shared), `n_seq_max`,
+    `flash_attn`, `model_large` and `ctx_large` (the large model's Model and Context),
+    `pair_contexts` (one (tuned, base) Context tuple per pair).
+    """
+
     def __init__(self, large: str | os.PathLike, pairs: Sequence[DeltaPair] = (), *, n_ctx: int = 4096,
                  n_batch: int = 512, n_threads: int | None = None, n_gpu_layers: int = 0,
                  flash_attn: str = "auto", n_seq_max: int = 1, overlap: bool = False):
+        """Validate, check and load the models, then create one context per model.
+
+        Args:
+            large: path of the large base model's GGUF file (the first part of a split model).
+            pairs: the (tuned, base, alpha, n_gpu_layers) terms of the delta; none runs the large model alone.
+            n_ctx: context size of each sequence, in tokens (every context holds n_ctx * n_seq_max).
+            n_batch: most tokens per llama_decode call while reading a prompt (at least n_seq_max).
+            n_threads: CPU threads per model; None uses every core.
+            n_gpu_layers: layers of the large model on the GPU (-1: all; each pair sets its own).
+            flash_attn: "on", "off" or "auto" (llama.cpp decides per device); greedy outputs can differ
+                between on and off.
+            n_seq_max: sequences decoded together (rast_gguf.batch); 1 for plain generation.
+            overlap: decode the small models on C++ worker threads while the large one decodes.
+
+        Raises:
+            GGUFFileError: a file is missing, not GGUF, truncated or corrupt.
+            VocabMismatchError: the models do not share a vocabulary.
+            OutOfMemoryError: the models would not fit in the GPU's free memory (estimated first).
+            ModelLoadError: llama.cpp refused a model or a context.
+            UsageError: an invalid flash_attn or n_seq_max.
+        """
         self._models: list[Model] = []
         self._decoder: _ext.ParallelDecoder | None = None
         self._contexts: list[Context] = []
@@ -93,17 +125,22 @@ class RastEngine:
 
     @property
     def contexts(self) -> list[Context]:
+        """Every context, the large model's first, then each pair's tuned and base."""
         return self._contexts
 
     @property
     def n_vocab(self) -> int:
+        """Tokens in the large model's vocabulary (may exceed n_shared: padding rows)."""
         return self.model_large.n_vocab
 
     def tokenize(self, text: str, *, add_special: bool | None = None) -> list[int]:
+        """Token ids of `text` in the large model's tokenizer (shared by all); add_special=None adds BOS if
+        the model asks for it. Special tokens written in the text (`<|im_start|>`) are parsed."""
         self._check_open()
         return self.model_large.tokenize(text, add_special=add_special)
 
     def reset(self) -> None:
+        """Forget every token in every context (n_past becomes 0)."""
         self._check_open()
         for ctx in self._contexts:
             ctx.clear()
@@ -117,7 +154,11 @@ class RastEngine:
         self.n_past = n_past
 
     def feed(self, tokens: Sequence[int]) -> None:
-        """Decode tokens at the next positions of every context; logits for the last one."""
+        """Decode tokens at the next positions (n_past, n_past + 1, ...) of sequence 0 in every context, in
+        chunks of n_batch, with logits for the last one; n_past grows by len(tokens).
+
+        Raises PromptTooLongError when they do not fit in n_ctx (before decoding anything), DecodeError when
+        llama_decode fails."""
         self._check_open()
         if self.n_past + len(tokens) > self.n_ctx:
             raise PromptTooLongError(
@@ -152,6 +193,11 @@ class RastEngine:
             ctx.check_decode(rc)
 
     def sampler(self, params: SamplingParams) -> _ext.SamplerChain:
+        """A new C++ sampler chain: the delta of every pair (alphas as they are now), then `params`' samplers.
+
+        `chain.sample(i)` returns the token drawn from output row i of the last decode (-1: the last row).
+        The engine closes its chains in close(); close one earlier when done with it (stream_generate
+        does). A chain used after close raises ClosedError."""
         self._check_open()
         pairs = [(p.alpha, tuned.address, base.address) for p, (tuned, base) in zip(self.pairs, self.pair_contexts)]
         chain = _ext.SamplerChain(self.ctx_large.address, pairs, self.n_shared, params.temp, params.top_k,
@@ -160,7 +206,8 @@ class RastEngine:
         return chain
 
     def set_alpha(self, alpha: float, pair_index: int | None = None) -> None:
-        """Change alpha for later samplers (all pairs when pair_index is None)."""
+        """Change alpha for samplers made from now on (all pairs when pair_index is None); SamplingParamsError
+        for a value that is not a finite number."""
         alpha = check_alpha(alpha)
         indices = range(len(self.pairs)) if pair_index is None else [pair_index]
         for i in indices:
@@ -176,6 +223,8 @@ class RastEngine:
         return self._closed
 
     def close(self) -> None:
+        """Close the sampler chains this engine made, then free the batch, the contexts and the models.
+        Safe to call twice."""
         self._closed = True
         for chain in list(self._samplers):  # they point at the contexts freed below
             chain.close()

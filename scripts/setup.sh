@@ -10,5 +10,5 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 FIND=()
 [ -d .wheels ] && FIND=(--find-links .wheels)
 "${PIP[@]}" --upgrade pip
-"${PIP[@]}" "${FIND[@]}" "llama-cpp-python==0.3.36" "scikit-build-core>=0.10" "nanobind>=2.4"
+"${PIP[@]}" "${FIND[@]}" "llama-cpp-python==0.3.36" "scikit-build-core>=0.10" "nanobind==3.1.0"
 "${PIP[@]}" "${FIND[@]}" --no-build-isolation -e ".[test]"
