@@ -102,10 +102,14 @@ def _converted_checkpoint(hub_ref: HubRef, commit: str, files: list[str], conver
         raise HubError(f"{hub_ref.repo} has neither .gguf files nor a safetensors checkpoint (config.json + "
                        f"*.safetensors); {_USAGE}")
     needed = [f for f in files if "/" not in f and f.endswith(_CHECKPOINT_SUFFIXES)]
-    pinned = HubRef(hub_ref.repo, commit, "")
 
     def download() -> Path:
-        return [_download(pinned, name) for name in needed][0].parent
+        # by the revision as given, so huggingface_hub records it (offline runs find it), then checked
+        # against the commit the cache key names
+        snapshot = [_download(hub_ref, name) for name in needed][0].parent
+        if _COMMIT.match(commit) and snapshot.name != commit:
+            raise HubError(f"{hub_ref} moved to another commit while downloading; run the command again")
+        return snapshot
 
     return cached_conversion(download, convert_type or DEFAULT_CONVERT_TYPE, identity=f"hub:{hub_ref.repo}@{commit}",
                              label=hub_ref.repo.replace("/", "--"))
