@@ -41,6 +41,7 @@ class BenchSetup:
     n_repeat: int = 2
     alpha: float = 1.0
     n_threads: int | None = None
+    flash_attn: str = "auto"
     workdir: Path = Path("bench-models")
     modes: tuple[str, ...] = MODES
     transformers: bool = True
@@ -107,7 +108,8 @@ def bench_engine(setup: BenchSetup, mode: str, paths: tuple[Path, Path, Path]) -
     memory.reset_peak_rss()
     t_load = time.perf_counter()
     with RastEngine(large, pairs, n_ctx=n_ctx, n_batch=min(512, setup.n_prompt), n_threads=setup.n_threads,
-                    n_gpu_layers=setup.n_gpu_layers, overlap=(mode == "overlap")) as engine:
+                    n_gpu_layers=setup.n_gpu_layers, flash_attn=setup.flash_attn,
+                    overlap=(mode == "overlap")) as engine:
         t_load = time.perf_counter() - t_load
         import random
 

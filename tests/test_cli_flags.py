@@ -43,7 +43,7 @@ def test_flash_attn_reaches_the_engine(f16_triple):
         assert log == [{"on": "enabled", "off": "disabled"}[setting]] * 3, proc.stderr[-2000:]
 
 
-@pytest.mark.parametrize("command", ["generate", "chat", "batch", "eval", "analyze"])
+@pytest.mark.parametrize("command", ["generate", "chat", "batch", "eval", "analyze", "bench"])
 def test_every_engine_command_has_flash_attn(command):
     proc = rast(command, "--help")
     assert proc.returncode == 0 and "--flash-attn" in proc.stdout and "-fa" in proc.stdout

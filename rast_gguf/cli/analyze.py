@@ -29,11 +29,11 @@ def analyze_command(
 
     Example: rast analyze toy:200 -o runs/toy-analysis
     """
-    from rast_gguf import _llama
     from rast_gguf.analyze import analyze, markdown, write_analysis
+    from rast_gguf.cli.engine_setup import from_flags
     from rast_gguf.errors import UsageError
 
-    _llama.set_verbose(verbose)
+    from_flags(locals(), models=False)  # -v; the models come from the dataset's defaults below
     work = d.resolve_workload(dataset, template=template, question_key=question_key, answer_key=answer_key,
                               limit=limit, toy_default_n=200, large=large, base=base, tuned=tuned, large_rl=large_rl,
                               convert_type=convert_type)

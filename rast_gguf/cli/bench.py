@@ -27,7 +27,7 @@ def bench_command(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON here.")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG bar chart here (needs matplotlib).")] = None,
     from_json: Annotated[Optional[list[Path]], typer.Option("--from-json", help="Run nothing: merge the results of earlier --json files (repeat) into one table, JSON and plot.")] = None,
-    threads: o.Threads = None, verbose: o.Verbose = False,
+    threads: o.Threads = None, flash_attn: o.FlashAttn = o.FLASH_ATTN, verbose: o.Verbose = False,
 ) -> None:
     """Time prompt processing and generation: large model alone, RAST sequential, RAST overlapped."""
     from rast_gguf import _llama
@@ -51,7 +51,8 @@ def bench_command(
         setup = BenchSetup(large=large_shape, small=small_shape, ftype_large=quant_large, ftype_small=quant_small,
                            n_gpu_layers=n_gpu_layers,
                            n_gpu_layers_small=n_gpu_layers if n_gpu_layers_small is None else n_gpu_layers_small,
-                           n_prompt=n_prompt, n_gen=n_gen, n_repeat=repeat, n_threads=threads, workdir=workdir,
+                           n_prompt=n_prompt, n_gen=n_gen, n_repeat=repeat, n_threads=threads, flash_attn=flash_attn,
+                           workdir=workdir,
                            modes=tuple(m.strip() for m in modes.split(",") if m.strip()), transformers=transformers)
         results.append(run_bench(setup))
         if json_out:  # after every configuration, so a cut-off run keeps what it measured
