@@ -368,12 +368,15 @@ class Scheduler:
                 todo.append((row, slot))
         if not todo:
             return
-        k_max = max((slot.seq.request.n_logprobs or 0 for _, slot in todo), default=0)
+        k_max = 0
+        for _, slot in todo:
+            k_max = max(k_max, slot.seq.request.n_logprobs or 0)
         tokens, changed, logprob, top_ids, top_lp = self.sampler.sample(
             [row for row, _ in todo], [slot.seq.handle for _, slot in todo], k_max)
+        changed = changed.tolist()
         self._stats.tokens_generated += len(todo)
-        self._stats.changed_tokens += int(changed.sum())
-        for i, (token, was_changed) in enumerate(zip(tokens.tolist(), changed.tolist())):
+        self._stats.changed_tokens += sum(changed)
+        for i, (token, was_changed) in enumerate(zip(tokens.tolist(), changed)):
             slot = todo[i][1]
             seq = slot.seq
             text, finish = seq.steps.push(token, len(slot.cache))
