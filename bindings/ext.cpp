@@ -23,6 +23,7 @@ namespace nb = nanobind;
 struct closed_error : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
+void rast_register_step_sampler(nb::module_ & m);  // step_sampler.cpp
 
 template <typename T> static T * from_addr(uintptr_t addr) {
     if (addr == 0) {
@@ -198,6 +199,7 @@ struct SamplerChain {
 
 NB_MODULE(_ext, m) {
     m.doc() = "C++ part of rast-gguf: the RAST delta sampler as a llama_sampler, and vocab helpers.";
+    rast_register_step_sampler(m);
 
     // The Python type is looked up once and kept for the process's life (never decref'd at exit).
     PyObject * closed_type = nb::object(nb::module_::import_("rast_gguf.errors").attr("ClosedError")).release().ptr();

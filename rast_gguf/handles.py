@@ -180,6 +180,12 @@ class Context(Handle):
         """Forget positions >= pos of one sequence (so a conversation can be rewound)."""
         C.llama_memory_seq_rm(self._memory, seq_id, pos, -1)
 
+    def copy_sequence(self, src: int, dst: int) -> None:
+        """Make sequence dst a copy of sequence src (all positions; dst's old cells are dropped). With one
+        KV stream per sequence llama.cpp copies the whole stream, at the start of the next decode."""
+        C.llama_memory_seq_rm(self._memory, dst, -1, -1)
+        C.llama_memory_seq_cp(self._memory, src, dst, -1, -1)
+
     def logits(self, idx: int = -1):
         """A numpy copy of one output row of logits (for tests and analysis, not the hot path)."""
         import numpy as np
@@ -225,14 +231,6 @@ class Batch(Handle):
 
     def set_entries(self, tokens: list[int], positions: list[int], seq_ids: list[int], logits: list[bool]) -> None:
         """Tokens of several sequences in one batch; entry i is (tokens[i], positions[i], seq_ids[i])."""
-        n = len(tokens)
-        if n > self.n_tokens_max:
-            raise ValueError(f"batch holds {self.n_tokens_max} tokens, got {n}")
-        b = self._live()
-        b.n_tokens = n
-        for i in range(n):
-            b.token[i] = tokens[i]
-            b.pos[i] = positions[i]
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = seq_ids[i]
-            b.logits[i] = logits[i]
+        from rast_gguf import _ext  # after libllama (this module is imported by rast_gguf._llama's users)
+
+        _ext.fill_batch(self.address, self.n_tokens_max, tokens, positions, seq_ids, logits)
