@@ -31,6 +31,7 @@ from pathlib import Path
 from rast_gguf import memory
 from rast_gguf.engine import RastEngine
 from rast_gguf.errors import UsageError
+from rast_gguf.handles import FLASH_ATTN_TYPES
 from rast_gguf.sampling import DeltaPair, SamplingParams
 from rast_gguf.synth import SHAPES, write_synthetic_gguf
 
@@ -129,14 +130,16 @@ def bench_plain_mode(setup: BenchSetup, mode: str, paths: tuple[Path, Path, Path
     from rast_gguf.bench_plain import plain_loop
 
     files = paths[:1] if mode == "plain" else paths
+    fa = FLASH_ATTN_TYPES[setup.flash_attn]
     mem = _Memory()
     t_load = time.perf_counter()
     prompts = _prompts(setup, n_seq)
     plain_loop(files, [p[:32] for p in prompts], 4, n_ctx=_n_ctx(setup), n_batch=512,  # warm-up
-               n_gpu_layers=setup.n_gpu_layers, n_threads=setup.n_threads)
+               n_gpu_layers=setup.n_gpu_layers, n_threads=setup.n_threads, flash_attn=fa)
     t_load = time.perf_counter() - t_load
     result = plain_loop(files, prompts, setup.n_gen, n_ctx=_n_ctx(setup), n_batch=min(512, setup.n_prompt * n_seq),
-                        n_gpu_layers=setup.n_gpu_layers, n_threads=setup.n_threads, n_repeat=setup.n_repeat)
+                        n_gpu_layers=setup.n_gpu_layers, n_threads=setup.n_threads, flash_attn=fa,
+                        n_repeat=setup.n_repeat)
     mem.sample()
     gc.collect()
     return {"mode": mode, "parallel": n_seq, "load_s": round(t_load, 2), **result, **mem.fields()}
@@ -229,7 +232,7 @@ def bench_sched_mode(setup: BenchSetup, mode: str, paths: tuple[Path, Path, Path
     t_load = time.perf_counter()
     out = []
     with RastEngine(large, pairs, n_ctx=_n_ctx(setup), n_batch=n_batch, n_threads=setup.n_threads,
-                    n_gpu_layers=setup.n_gpu_layers, n_seq_max=n_seq) as engine:
+                    n_gpu_layers=setup.n_gpu_layers, flash_attn=setup.flash_attn, n_seq_max=n_seq) as engine:
         t_load = time.perf_counter() - t_load
         prompts = _prompts(setup, n_seq)
         _sched_run(engine, [SeqRequest(tuple(p[:32]), greedy, 4, ignore_eos=True) for p in prompts])  # warm-up
