@@ -273,8 +273,11 @@ def child_main() -> None:
     """Read mutant paths from stdin, answer one JSON line each on stdout."""
     import rast_gguf  # noqa: F401  (libllama first)
 
-    out = sys.stdout
-    sys.stdout = sys.stderr  # nothing but answers on the protocol stream
+    # Nothing but answers on the protocol stream: C code that prints to fd 1 goes to stderr instead.
+    sys.stdout.flush()
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     for line in sys.stdin:
         result = run_one(line.strip())
         out.write(json.dumps(result) + "\n")
@@ -284,9 +287,11 @@ def child_main() -> None:
 class _Child:
     def __init__(self, log_path: Path):
         self.log = open(log_path, "ab")
-        env = dict(os.environ, RAST_VERBOSE="0", OMP_NUM_THREADS="1")
+        # GGML_NO_BACKTRACE: an abort would otherwise attach gdb for a backtrace (seconds per crash)
+        env = dict(os.environ, RAST_VERBOSE="0", OMP_NUM_THREADS="1", GGML_NO_BACKTRACE="1")
         self.proc = subprocess.Popen([sys.executable, "-m", "rast_gguf.fuzz_gguf", "--child"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.log, env=env, preexec_fn=_limit_memory)
+        self.timed_out = False
 
     def ask(self, path: Path, timeout_s: float) -> dict | None:
         """The child's answer for one file, or None when it died or hung (then it is gone)."""
@@ -296,6 +301,7 @@ class _Child:
         except BrokenPipeError:
             return None
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout_s)
+        self.timed_out = not ready
         line = self.proc.stdout.readline() if ready else b""
         if not line:
             return None
@@ -303,6 +309,11 @@ class _Child:
 
     def death(self) -> str:
         """Why the child stopped answering (it is killed if it still runs)."""
+        if not self.timed_out:  # its output ended: it is exiting, wait for the status
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()

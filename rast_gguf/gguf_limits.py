@@ -2,7 +2,7 @@
 
 llama.cpp rejects most bad metadata with an error (a wrong value type, a tensor whose shape does
 not fit the hyperparameters), but some values reach a GGML_ASSERT (the process aborts) or throw
-through a C function (std::terminate): a layer or expert count over its compiled-in maximum, experts
+through a C function (std::terminate): tensor data not 32-byte aligned in the file, a layer or expert count over its compiled-in maximum, experts
 used without experts, per-layer head counts on an architecture whose graph reads one value for all
 layers, a head size that does not divide the embedding or does not match the rope size, duplicate
 token texts, a SentencePiece vocabulary without its <0xXX> byte tokens (tokenizing then throws
@@ -22,10 +22,11 @@ from typing import BinaryIO, NoReturn
 
 from rast_gguf.errors import GGUFFileError
 
-__all__ = ["LLAMA_MAX_EXPERTS", "LLAMA_MAX_LAYERS", "check_llama_limits"]
+__all__ = ["LLAMA_MAX_EXPERTS", "LLAMA_MAX_LAYERS", "TENSOR_ALIGNMENT", "check_llama_limits"]
 
 LLAMA_MAX_LAYERS = 512    # llama-hparams.h
 LLAMA_MAX_EXPERTS = 1024  # llama-hparams.h
+TENSOR_ALIGNMENT = 32     # ggml-impl.h
 _UINT32_MAX = 2**32 - 1
 _FIX = "the file's metadata is corrupt or was edited by hand: re-download or re-convert it"
 
@@ -91,13 +92,23 @@ class _Checker:
         self._shown = shown
         self._arch = info.architecture
 
-    def _fail(self, problem: str) -> NoReturn:
-        raise GGUFFileError(f"{self._shown}: {problem}; {_FIX}")
+    def _fail(self, problem: str, advice: str = _FIX) -> NoReturn:
+        raise GGUFFileError(f"{self._shown}: {problem}; {advice}")
 
     def run(self) -> None:
+        self._check_tensor_offsets()
         if isinstance(self._arch, str) and self._arch:
             self._check_hparams()
         self._check_vocab()
+
+    def _check_tensor_offsets(self) -> None:
+        # llama.cpp maps the file and hands ggml buffers that start at tensor data; ggml asserts that
+        # such a pointer is TENSOR_ALIGNMENT-aligned (a general.alignment below 32 can break that)
+        for tensor in self._info.tensors:
+            if tensor.offset % TENSOR_ALIGNMENT:
+                self._fail(f"the data of tensor {tensor.name!r} starts at byte {tensor.offset}, not a multiple of "
+                           f"{TENSOR_ALIGNMENT} (general.alignment is {self._info.alignment}), which llama.cpp needs "
+                           "to map it")
 
     # --- hyperparameters (read by llama.cpp on a full load only)
 
@@ -122,7 +133,8 @@ class _Checker:
             limit = f"at most {high}" if value > high else f"at least {low}"
             self._fail(f"{key} is {value}, but llama.cpp allows {limit}{what}")
 
-    def _per_layer(self, suffix: str, n_layer: int, low: int, high: int, what: str = "") -> list[int] | None:
+    def _per_layer(self, suffix: str, n_layer: int, low: int, high: int, what: str = "",
+                   uniform: bool = True) -> list[int] | None:
         """arch.suffix as one value per layer (a scalar repeated), or None when absent."""
         key = self._key(suffix)
         value = self._value(key)
@@ -137,7 +149,7 @@ class _Checker:
             if isinstance(item, int) and not isinstance(item, bool) and item < 0:
                 item &= _UINT32_MAX  # llama.cpp reads int32 arrays as uint32
             self._check_int(f"{key}[{layer}]", item, low, high, what)
-        if self._arch not in _PER_LAYER_ARCHS and len(set(value)) > 1:
+        if uniform and self._arch not in _PER_LAYER_ARCHS and len(set(value)) > 1:
             self._fail(f"{key} varies by layer ({_short(value)}), but llama.cpp's {self._arch} graph uses one "
                        "value for all layers")
         return list(value)
@@ -148,7 +160,8 @@ class _Checker:
             return  # llama.cpp refuses a full load without it ("key not found")
         self._uint("nextn_predict_layers", 0, n_layer, " (block_count)")
         n_expert = self._uint("expert_count", 0, LLAMA_MAX_EXPERTS) or 0
-        used = self._per_layer("expert_used_count", n_layer, 0, n_expert, " (expert_count)") or [0]
+        # a graph that reads one value uses layer 0's: harmless, so per-layer values may differ
+        used = self._per_layer("expert_used_count", n_layer, 0, n_expert, " (expert_count)", uniform=False) or [0]
         key_used = self._key("expert_used_count")
         if n_expert > 0 and max(used) == 0:
             self._fail(f"{key_used} is 0 but expert_count is {n_expert}; a mixture of experts must use at least one")
@@ -172,11 +185,11 @@ class _Checker:
         heads_kv = self._per_layer("attention.head_count_kv", n_layer, 0, _UINT32_MAX) or heads
         if heads is None:
             return
+        self._check_head_size(heads[0])
         for layer, (n_head, n_head_kv) in enumerate(zip(heads, heads_kv)):
             if n_head_kv and n_head % n_head_kv:
                 self._fail(f"layer {layer} has {n_head} attention heads and {n_head_kv} KV heads "
                            f"({self._key('attention.head_count_kv')}); the heads must be a multiple of the KV heads")
-        self._check_head_size(heads[0])
 
     def _check_head_size(self, n_head: int) -> None:
         if n_head == 0:
@@ -208,6 +221,9 @@ class _Checker:
 
     def _check_vocab(self) -> None:
         model = self._value("tokenizer.ggml.model")
+        if model in ("none", "no_vocab"):
+            self._fail(f"tokenizer.ggml.model is {model!r}: the file has no tokenizer, and llama.cpp aborts when "
+                       "asked to tokenize text with it", "use a GGUF of the model that includes its tokenizer")
         tokens = self._value("tokenizer.ggml.tokens")
         if not isinstance(model, str) or not isinstance(tokens, (list, tuple)) or model not in _VOCAB_DEFAULTS:
             return  # llama.cpp refuses these itself (missing or unknown tokenizer)
@@ -224,6 +240,8 @@ class _Checker:
                 ("EOS", eos, "tokenizer.ggml.add_eos_token", vocab_type == "ugm"),
                 ("SEP", sep, "tokenizer.ggml.add_sep_token", vocab_type == "wpm")):
             add = self._value(add_key)
+            if name == "BOS" and model == "gemma4":
+                add = True  # llama.cpp forces add_bos for Gemma 4's tokenizer
             if add is False or (add is None and not add_default):
                 continue
             id_key = f"tokenizer.ggml.{name.lower()}_token_id"
