@@ -102,6 +102,9 @@ rast_delta_stats rast_delta_step_stats(const rast_delta_ctx * ctx, const float *
     for (size_t k = 0; k < n_pairs; ++k) {
         tuned[k] = llama_get_logits_ith(ctx->pairs[k].ctx_tuned, ctx->output_index);
         base[k]  = llama_get_logits_ith(ctx->pairs[k].ctx_base,  ctx->output_index);
+        if (tuned[k] == nullptr || base[k] == nullptr || z_large == nullptr) {
+            return {-1, -INFINITY, -INFINITY};  // no row to compare (callers check rows first)
+        }
     }
     auto rast_logit = [&](llama_token id) {
         float z = z_large[id];

@@ -17,6 +17,7 @@ of deep models) are read here from the open file through a read-only mmap, once 
 from __future__ import annotations
 
 import mmap
+import os
 import struct
 from typing import BinaryIO, NoReturn
 
@@ -62,6 +63,9 @@ _INT_ARRAY_CODES = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 7: "b", 10: 
 
 def check_llama_limits(info, file: BinaryIO, shown: str) -> None:
     """Raise GGUFFileError if llama.cpp would crash on `info` (a parsed GGUFInfo of `file`)."""
+    identity = _identity(file)
+    if identity is not None and identity in _passed:
+        return
     meta = info.metadata
     # the vocabulary is always read raw: gguf_file keeps short string arrays with bad UTF-8 replaced
     wanted = [key for key, value in meta.items()
@@ -72,6 +76,20 @@ def check_llama_limits(info, file: BinaryIO, shown: str) -> None:
         return long_arrays.get(key, meta.get(key))
 
     _Checker(info, value, shown).run()
+    if identity is not None:
+        _passed.add(identity)
+
+
+# Files that passed, by (device, inode, size, mtime): a run reads each model's header several times.
+_passed: set[tuple] = set()
+
+
+def _identity(file: BinaryIO) -> tuple | None:
+    try:
+        st = os.fstat(file.fileno())
+    except (OSError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _is_long_array(value) -> bool:
@@ -227,13 +245,15 @@ class _Checker:
         tokens = self._value("tokenizer.ggml.tokens")
         if not isinstance(model, str) or not isinstance(tokens, (list, tuple)) or model not in _VOCAB_DEFAULTS:
             return  # llama.cpp refuses these itself (missing or unknown tokenizer)
-        if any(not isinstance(t, (str, bytes)) for t in tokens):
-            return  # not an array of strings: refused by llama.cpp ("invalid gguf type")
-        texts = [t.encode("utf-8", "surrogateescape") if isinstance(t, str) else t for t in tokens]
-        self._check_unique(texts)
+        if not all(type(t) is bytes for t in tokens):
+            return  # not an array of strings (read raw as bytes): refused by llama.cpp ("invalid gguf type")
+        texts = tokens
+        distinct = set(texts)
+        if len(distinct) != len(texts) or b"" in distinct:
+            self._check_unique(texts)  # the slow path only when there may be a duplicate
         vocab_type, bos, eos, sep = _VOCAB_DEFAULTS[model]
         if vocab_type in _BYTE_TOKEN_TYPES:
-            self._check_byte_tokens(model, vocab_type, set(texts))
+            self._check_byte_tokens(model, vocab_type, distinct)
         n_tokens = len(texts)
         for name, default, add_key, add_default in (
                 ("BOS", bos, "tokenizer.ggml.add_bos_token", vocab_type in ("spm", "wpm")),
@@ -340,10 +360,11 @@ def _read_elements(data, pos: int, elem_type: int, length: int) -> tuple[list, i
     if elem_type == _STRING:
         unpack = struct.Struct("<Q").unpack_from
         values = []
+        append = values.append
         for _ in range(length):
-            (n,) = unpack(data, pos)
-            values.append(data[pos + 8:pos + 8 + n])
-            pos += 8 + n
+            start = pos + 8
+            pos = start + unpack(data, pos)[0]
+            append(data[start:pos])
         return values, pos
     code = _INT_ARRAY_CODES.get(elem_type, {6: "f", 12: "d"}.get(elem_type))
     size = _SCALAR_SIZES[elem_type]
