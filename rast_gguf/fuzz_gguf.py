@@ -3,9 +3,9 @@
 `fuzz(count, seed, workdir)` writes seed models (the shipped toy models and synthetic models with
 BPE and SentencePiece vocabularies, experts and per-layer arrays, from rast_gguf.synth), makes
 `count` mutants of them (truncations, bit flips in the metadata and tensor descriptions, every
-integer value set to 0, -1, 2^31, 2^32 - 1, 2^63 and other edges, keys of known hyperparameters
-added, deleted or given the wrong value type, huge arrays, vocabularies with duplicate, missing
-or empty tokens) and sends each through a child process that runs what `rast check` runs
+integer value set to 0, -1, 2^31, 2^32 - 1, 2^63 and other edges, floats set to 0, NaN, inf, keys
+of known hyperparameters added, deleted or given the wrong value type, huge arrays, another
+architecture, tokenizer or rope scaling, vocabularies with duplicate, missing or empty tokens) and sends each through a child process that runs what `rast check` runs
 (rast_gguf.check.check_models) and, when the check passes, a full load, a context, tokenization,
 one decode and detokenization. The child answers one JSON line per mutant: "refused" (a RastError
 with a one-line message), "ran", or "traceback" (anything else, with its text). A child that dies
@@ -125,6 +125,25 @@ def _add_key(rng: random.Random, image: GGUFImage) -> str:
     return f"add {key} = {value}"
 
 
+def _set_float_or_text(rng: random.Random, image: GGUFImage) -> str:
+    """Float hyperparameters set to edge values, or a string choice (rope scaling, pre-tokenizer) changed."""
+    floats = [kv for kv in image.kvs if kv.value_type == T_FLOAT32]
+    if floats and rng.random() < 0.6:
+        kv = rng.choice(floats)
+        kv.value = rng.choice([0.0, -1.0, float("nan"), float("inf"), -float("inf"), 1e-45, 3e38])
+        return f"{kv.key} = {kv.value}"
+    arch = _arch(image)
+    key, values = rng.choice([
+        (f"{arch}.rope.scaling.type", [b"yarn", b"linear", b"longrope", b"none", b"bogus", b""]),
+        ("tokenizer.ggml.pre", [b"default", b"llama3", b"qwen2", b"deepseek-llm", b"gemma4", b"bogus", b""]),
+        ("general.architecture", [b"llama", b"qwen2", b"qwen2moe", b"gemma", b"rwkv6", b"bert", b"clip", b"bogus"]),
+    ])
+    image.set(key, T_STRING, rng.choice(values))
+    if key.endswith("scaling.type") and rng.random() < 0.5:
+        image.set(f"{arch}.rope.scaling.factor", T_FLOAT32, rng.choice([0.0, 0.5, 4.0, float("nan")]))
+    return f"{key} changed"
+
+
 def _wrong_type(rng: random.Random, image: GGUFImage) -> str:
     kv = rng.choice(image.kvs)
     choice = rng.randrange(6)
@@ -213,7 +232,7 @@ def _truncate(rng: random.Random, data: bytes, image: GGUFImage) -> tuple[bytes,
 
 
 _KV_MUTATIONS = ((_set_int, 40), (_add_key, 15), (_wrong_type, 10), (_vocab_edit, 10), (_delete_key, 5),
-                 (_huge_array, 2))
+                 (_set_float_or_text, 6), (_huge_array, 2))
 _BYTE_MUTATIONS = ((_bit_flips, 12), (_truncate, 6))
 
 

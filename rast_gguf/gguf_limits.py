@@ -4,7 +4,7 @@ llama.cpp rejects most bad metadata with an error (a wrong value type, a tensor 
 not fit the hyperparameters), but some values reach a GGML_ASSERT (the process aborts) or throw
 through a C function (std::terminate): tensor data not 32-byte aligned in the file, a layer or expert count over its compiled-in maximum, experts
 used without experts, per-layer head counts on an architecture whose graph reads one value for all
-layers, a head size that does not divide the embedding or does not match the rope size, duplicate
+layers, a negative or NaN norm epsilon, an unknown rope scaling type, a head size that does not divide the embedding or does not match the rope size, duplicate
 token texts, a SentencePiece vocabulary without its <0xXX> byte tokens (tokenizing then throws
 std::out_of_range), a BOS/EOS the tokenizer must add but the vocabulary lacks. The rules mirror
 llama.cpp 0.3.36's loader (src/llama-model.cpp load_hparams, src/llama-vocab.cpp load/tokenize,
@@ -44,6 +44,7 @@ _ROT_IS_HEAD_ARCHS = frozenset(
     "hunyuan_vl hy_v3 internlm2 jais2 llada llada-moe llama llama4 maincoder mellum minimax-01 minimax-m2 mistral3 "
     "nemotron olmo olmo2 olmoe orion paddleocr pangu-embedded plamo pockettts qwen2 qwen2moe qwen2vl qwen3 qwen3moe "
     "qwen3vl qwen3vlmoe rnd1 seed_oss smallthinker smollm3 starcoder2 talkie xverse".split())
+_ROPE_SCALING_TYPES = ("none", "linear", "yarn", "longrope")  # llama-model.cpp LLAMA_ROPE_SCALING_TYPES
 _PER_LAYER_KEYS = ("feed_forward_length", "attention.head_count", "attention.head_count_kv", "expert_used_count")
 
 # tokenizer.ggml.model -> (llama.cpp vocab type, default BOS, EOS, SEP ids; None = no token)
@@ -173,6 +174,7 @@ class _Checker:
         return list(value)
 
     def _check_hparams(self) -> None:
+        self._check_floats_and_names()
         n_layer = self._uint("block_count", 1, LLAMA_MAX_LAYERS)
         if n_layer is None:
             return  # llama.cpp refuses a full load without it ("key not found")
@@ -208,6 +210,18 @@ class _Checker:
             if n_head_kv and n_head % n_head_kv:
                 self._fail(f"layer {layer} has {n_head} attention heads and {n_head_kv} KV heads "
                            f"({self._key('attention.head_count_kv')}); the heads must be a multiple of the KV heads")
+
+    def _check_floats_and_names(self) -> None:
+        # ggml's norm kernels assert eps >= 0 (NaN fails it too)
+        for key, value in self._info.metadata.items():
+            if key.startswith(f"{self._arch}.") and key.endswith(("epsilon", "_eps")) and isinstance(value, float):
+                if not value >= 0.0:
+                    self._fail(f"{key} is {value}, but ggml's normalization needs an epsilon >= 0")
+        # load_hparams asserts that the rope scaling type is one llama.cpp knows
+        key = self._key("rope.scaling.type")
+        scaling = self._value(key)
+        if isinstance(scaling, str) and scaling not in _ROPE_SCALING_TYPES:
+            self._fail(f"{key} is {scaling!r}, but llama.cpp knows only {', '.join(_ROPE_SCALING_TYPES)}")
 
     def _check_head_size(self, n_head: int) -> None:
         if n_head == 0:

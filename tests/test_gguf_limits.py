@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 from rast_gguf.errors import GGUFFileError
-from rast_gguf.gguf_edit import T_ARRAY, T_BOOL, T_INT32, T_UINT32, Array, GGUFImage
+from rast_gguf.gguf_edit import T_ARRAY, T_BOOL, T_FLOAT32, T_INT32, T_STRING, T_UINT32, Array, GGUFImage
 from rast_gguf.gguf_file import read_gguf_info
 from rast_gguf.synth import SHAPES, write_synthetic_gguf
 
@@ -90,6 +90,10 @@ CASES = [
      ["qwen2.rope.dimension_count is 8", "needs the head size (16)"], "load"),
     ("tiny-qwen2", set_uint("qwen2.rope.dimension_count", 100000), ["is 100000", "at most 16 (the head size"], "load"),
     ("tiny-qwen2", set_uint("general.alignment", 8), ["not a multiple of 32", "general.alignment is 8"], "load"),
+    ("tiny-qwen2", lambda im: im.set("qwen2.attention.layer_norm_rms_epsilon", T_FLOAT32, float("nan")),
+     ["qwen2.attention.layer_norm_rms_epsilon is nan", "epsilon >= 0"], "load"),
+    ("tiny-qwen2", lambda im: im.set("qwen2.rope.scaling.type", T_STRING, b"bogus"),
+     ["qwen2.rope.scaling.type is 'bogus'", "none, linear, yarn, longrope"], "load"),
     ("tiny-llama-spm", lambda im: im.get("tokenizer.ggml.tokens").value.items.__setitem__(3 + 0xE4, b"<gone>"),
      ["'llama'", "lacks the byte token <0xE4>"], "tokenize"),
     ("tiny-qwen2", lambda im: im.get("tokenizer.ggml.tokens").value.items.__setitem__(
@@ -105,7 +109,7 @@ def test_crashing_metadata_is_refused_with_key_value_and_limit(seeds, tmp_path, 
         assert word in message, message
 
 
-@pytest.mark.parametrize("index", [0, 2, 3, 11, 12, 13, 14])
+@pytest.mark.parametrize("index", [0, 2, 3, 11, 12, 13, 14, 15, 16])
 def test_the_refused_files_really_crash_plain_llama_cpp(seeds, tmp_path, index):
     seed, edit, _, crash = CASES[index]
     path = edited(seeds, tmp_path, seed, edit)
