@@ -5,6 +5,9 @@ llama.cpp's own reason; the memory estimate reads per-layer head counts."""
 import rast_gguf  # noqa: F401
 
 import dataclasses
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -77,3 +80,23 @@ def test_memory_estimate_reads_per_layer_head_counts(tmp_path):
     # K and V, f16, 512 cells (300 rounded up to 256s), every layer's KV heads x head size
     assert estimate.kv == 2 * 2 * 512 * shape.n_layer * shape.n_head_kv * shape.head_dim
     assert memory.estimate(per_layer, 1, n_ctx=300).kv == estimate.kv // shape.n_layer
+
+
+def test_parallel_decoder_that_cannot_start_its_threads_raises():
+    # in a child whose address space leaves room for a few thread stacks only: std::thread throws
+    # after some workers started; they must be joined (a joinable std::thread would terminate)
+    code = textwrap.dedent("""
+        import resource
+        import rast_gguf
+        from rast_gguf import _ext
+        size = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (size + 64 * 2**20, resource.RLIM_INFINITY))
+        try:
+            _ext._parallel_decoder_selftest(200, -1, 1)
+            print("started all")
+        except RuntimeError as e:
+            print("raised:", e)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("raised:"), proc.stdout
