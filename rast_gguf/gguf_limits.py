@@ -54,6 +54,7 @@ _VOCAB_DEFAULTS = {
     "rwkv": ("rwkv", None, None, None), "plamo2": ("plamo2", 1, 2, None), "gemma4": ("bpe", None, None, None),
     "test": ("test", None, None, None),
 }
+_TOKEN_TYPE_BYTE = 6
 _BYTE_TOKEN_TYPES = ("spm", "ugm", "plamo2")  # tokenizers that fall back to <0xXX> tokens for unknown bytes
 
 # GGUF value types
@@ -268,6 +269,11 @@ class _Checker:
         vocab_type, bos, eos, sep = _VOCAB_DEFAULTS[model]
         if vocab_type in _BYTE_TOKEN_TYPES:
             self._check_byte_tokens(model, vocab_type, distinct)
+        types = self._value("tokenizer.ggml.token_type")
+        if vocab_type == "wpm" and isinstance(types, (list, tuple)) and _TOKEN_TYPE_BYTE in types[:len(texts)]:
+            token_id = list(types).index(_TOKEN_TYPE_BYTE)
+            self._fail(f"tokenizer.ggml.model is 'bert' (WordPiece) but token {token_id} has type BYTE "
+                       "(tokenizer.ggml.token_type), which llama.cpp aborts on for this tokenizer")
         n_tokens = len(texts)
         for name, default, add_key, add_default in (
                 ("BOS", bos, "tokenizer.ggml.add_bos_token", vocab_type in ("spm", "wpm")),

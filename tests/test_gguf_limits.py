@@ -94,6 +94,8 @@ CASES = [
      ["qwen2.attention.layer_norm_rms_epsilon is nan", "epsilon >= 0"], "load"),
     ("tiny-qwen2", lambda im: im.set("qwen2.rope.scaling.type", T_STRING, b"bogus"),
      ["qwen2.rope.scaling.type is 'bogus'", "none, linear, yarn, longrope"], "load"),
+    ("tiny-llama-spm", lambda im: im.set("tokenizer.ggml.model", T_STRING, b"bert"),
+     ["'bert' (WordPiece) but token 3 has type BYTE"], "load"),
     ("tiny-llama-spm", lambda im: im.get("tokenizer.ggml.tokens").value.items.__setitem__(3 + 0xE4, b"<gone>"),
      ["'llama'", "lacks the byte token <0xE4>"], "tokenize"),
     ("tiny-qwen2", lambda im: im.get("tokenizer.ggml.tokens").value.items.__setitem__(
@@ -109,7 +111,7 @@ def test_crashing_metadata_is_refused_with_key_value_and_limit(seeds, tmp_path, 
         assert word in message, message
 
 
-@pytest.mark.parametrize("index", [0, 2, 3, 11, 12, 13, 14, 15, 16])
+@pytest.mark.parametrize("index", [0, 2, 3, 11, 12, 13, 14, 15, 16, 17])
 def test_the_refused_files_really_crash_plain_llama_cpp(seeds, tmp_path, index):
     seed, edit, _, crash = CASES[index]
     path = edited(seeds, tmp_path, seed, edit)
