@@ -27,6 +27,7 @@ from typing import Any, BinaryIO, NoReturn, Union
 import gguf
 
 from rast_gguf.errors import GGUFFileError
+from rast_gguf.gguf_limits import check_llama_limits
 
 __all__ = ["ArrayInfo", "GGUFInfo", "TensorInfo", "read_gguf_info"]
 
@@ -162,7 +163,9 @@ def read_gguf_info(path: PathLike) -> GGUFInfo:
         if file_size == 0:
             raise GGUFFileError(f"{shown}: file is empty (0 bytes); {_REDO}")
         try:
-            return _Parser(file, file_size, shown).parse(Path(os.fsdecode(path)))
+            info = _Parser(file, file_size, shown).parse(Path(os.fsdecode(path)))
+            check_llama_limits(info, file, shown)  # values llama.cpp would crash on (rast_gguf/gguf_limits.py)
+            return info
         except OSError as e:
             raise GGUFFileError(f"{shown}: cannot read the file ({e.strerror or e}); "
                                 "check the disk or copy the file again") from None
