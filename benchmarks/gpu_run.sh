@@ -45,7 +45,8 @@ export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" PATH="$SITE/bin:$PATH"
 if [ -f "$SITE/llama_cpp/lib/libggml-cuda.so" ]; then
   echo "gpu_run: reusing the CUDA llama-cpp-python in $SITE"
 elif ls "$BUILD"* >/dev/null 2>&1; then
-  cat "$BUILD"* | zstd -dc | tar x -C "$SITE"
+  case "$BUILD" in *zst*) unpack="zstd -dc";; *) unpack="xz -dc";; esac
+  cat "$BUILD"* | $unpack | tar x -C "$SITE"
   echo "gpu_run: unpacked the CUDA llama-cpp-python build $BUILD*"
 else
   [ -f "$LLAMA_SRC" ] || { echo "gpu_run: no build ($BUILD*) and no source tarball ($LLAMA_SRC)" >&2; exit 1; }
@@ -54,8 +55,10 @@ else
     || { tail -40 "$OUT/build_llama.log"; exit 1; }
   echo "gpu_run: compiled llama-cpp-python with CUDA in $(( $(date +%s) - t0 )) s"
   # pack it (15 MB parts fit what one call brings back); carry the parts as $BUILD* next time
-  (cd "$SITE" && tar c llama_cpp llama_cpp_python-*.dist-info include 2>/dev/null | zstd -T0 -19 -q \
-    | split -b 15M - "$OUT/llcuda.tar.zst.")
+  # (some GPU images have no zstd: then xz, and carry the parts as BUILD=.dev/llcuda.tar.xz.)
+  if command -v zstd >/dev/null; then pack=(zstd -T0 -19 -q); ext=zst; else pack=(xz -T0 -6); ext=xz; fi
+  (cd "$SITE" && tar c llama_cpp llama_cpp_python-*.dist-info include 2>/dev/null | "${pack[@]}" \
+    | split -b 15M - "$OUT/llcuda.tar.$ext.")
 fi
 
 "${PIP[@]}" --no-build-isolation --no-deps --upgrade "$REPO" > "$OUT/build_rast.log" 2>&1 \
