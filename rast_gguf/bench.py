@@ -272,7 +272,8 @@ def _sharing(engine: RastEngine, setup: BenchSetup, greedy: SamplingParams, log)
 
 
 def _mixed(engine: RastEngine, setup: BenchSetup, greedy: SamplingParams, log) -> dict:
-    """4 * slots sequences, max_tokens spread evenly from n_gen/16 to n_gen, in a shuffled order."""
+    """4 * slots sequences, max_tokens spread evenly from n_gen/16 to n_gen: submitted longest first
+    (as rast batch does) and in a shuffled order (as a server may get them)."""
     import random
 
     from rast_gguf.scheduler import SeqRequest
@@ -280,17 +281,20 @@ def _mixed(engine: RastEngine, setup: BenchSetup, greedy: SamplingParams, log) -
     n_slots = engine.n_seq_max
     n = 4 * n_slots
     low = max(1, setup.n_gen // 16)
-    lengths = [low + (setup.n_gen - low) * i // max(1, n - 1) for i in range(n)]
-    random.Random(3).shuffle(lengths)
+    lengths = sorted((low + (setup.n_gen - low) * i // max(1, n - 1) for i in range(n)), reverse=True)
     prompts = _prompts(setup, n, seed=11)
-    run = _sched_run(engine, [SeqRequest(tuple(p[:max(8, setup.n_prompt // 4)]), greedy, m, ignore_eos=True)
-                              for p, m in zip(prompts, lengths)])
-    stats = run["stats"]
-    result = {"mode": "mixed", "parallel": n_slots, "n_sequences": n, "max_tokens": [low, setup.n_gen],
-              "occupancy": round(stats.occupancy, 3), "tokens": run["tokens"], "seconds": round(run["seconds"], 3),
-              "aggregate_tps": round(run["tokens"] / run["seconds"], 1)}
-    log(f"mixed lengths ({low}..{setup.n_gen}) on {n_slots} slots: occupancy {result['occupancy']:.3f}, "
-        f"{result['aggregate_tps']:.1f} tok/s over the whole run")
+    result = {"mode": "mixed", "parallel": n_slots, "n_sequences": n, "max_tokens": [low, setup.n_gen]}
+    for order in ("longest-first", "shuffled"):
+        if order == "shuffled":
+            random.Random(3).shuffle(lengths)
+        run = _sched_run(engine, [SeqRequest(tuple(p[:max(8, setup.n_prompt // 4)]), greedy, m, ignore_eos=True)
+                                  for p, m in zip(prompts, lengths)])
+        key = "" if order == "longest-first" else "_shuffled"
+        result.update({f"occupancy{key}": round(run["stats"].occupancy, 3), f"tokens{key}": run["tokens"],
+                       f"seconds{key}": round(run["seconds"], 3),
+                       f"aggregate_tps{key}": round(run["tokens"] / run["seconds"], 1)})
+    log(f"mixed lengths ({low}..{setup.n_gen}) on {n_slots} slots: occupancy {result['occupancy']:.3f} longest first, "
+        f"{result['occupancy_shuffled']:.3f} shuffled; {result['aggregate_tps']:.1f} tok/s over the whole run")
     return result
 
 

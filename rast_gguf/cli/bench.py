@@ -89,7 +89,8 @@ def format_table(results: list[dict]) -> str:
                 continue
             if r["mode"] == "mixed":
                 extra.append(f"{res['config']}: mixed max_tokens {r['max_tokens'][0]}..{r['max_tokens'][1]}, "
-                             f"{r['n_sequences']} sequences on {r['parallel']} slots: occupancy {r['occupancy']:.3f}, "
+                             f"{r['n_sequences']} sequences on {r['parallel']} slots: occupancy {r['occupancy']:.3f} longest first "
+                             f"({r['occupancy_shuffled']:.3f} shuffled), "
                              f"{r['aggregate_tps']:.1f} tok/s aggregate"
                              + (f" = {r['ratio_vs_plain']:.2f} x plain at B={r['parallel']}" if "ratio_vs_plain" in r else ""))
                 continue
