@@ -80,14 +80,18 @@ def load_dataset(path: str | os.PathLike, *, question_key: str = "question", ans
     if not path.is_file():
         raise DatasetError(f"{path}: no such dataset file; give a JSONL file with one problem per line")
     problems, ids = [], set()
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = json.loads(raw.decode("utf-8"))
+                json.dumps(obj, ensure_ascii=False).encode("utf-8")  # no lone surrogates ("\ud800")
             except json.JSONDecodeError as e:
                 raise DatasetError(f"{path}:{line_no}: not valid JSON ({e.msg}); fix the line") from None
+            except (UnicodeError, ValueError, RecursionError) as e:
+                why = "nested too deeply" if isinstance(e, RecursionError) else " ".join(str(e).split())[:80]
+                raise DatasetError(f"{path}:{line_no}: not valid UTF-8 JSON text ({why}); fix the line") from None
             if not isinstance(obj, dict) or question_key not in obj or answer_key not in obj:
                 raise DatasetError(f"{path}:{line_no}: needs the fields {question_key!r} and {answer_key!r} "
                                    "(see --question-key / --answer-key)")
