@@ -1,7 +1,8 @@
 """Quantize a GGUF file with llama.cpp's own quantizer (`llama_model_quantize`).
 
 `quantize_gguf(src, dst, "q4_k_m")` writes `dst` through a temporary file that is renamed only
-when llama.cpp reports success, so a failed or interrupted run never leaves a half-written model.
+when llama.cpp reports success, so a failed or interrupted run never leaves a half-written model
+(and what a killed run left is removed by the next: rast_gguf.partial_files).
 Type names are llama.cpp's (`f16`, `bf16`, `q8_0`, `q4_k_m`, ...), case-insensitive.
 """
 
@@ -11,6 +12,7 @@ import os
 from pathlib import Path
 
 from rast_gguf.errors import QuantizeError
+from rast_gguf.partial_files import clean_leftovers, partial_path
 
 # llama_ftype values from llama.h (stable across versions).
 FTYPES: dict[str, int] = {
@@ -44,11 +46,17 @@ def quantize_gguf(src: str | os.PathLike, dst: str | os.PathLike, type_name: str
     params.nthread = n_threads
     params.ftype = ftype
     params.allow_requantize = allow_requantize
-    tmp = dst.with_name(dst.name + ".part")
-    rc = C.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
-    if rc != 0 or not tmp.exists():
-        tmp.unlink(missing_ok=True)
-        raise QuantizeError(f"llama.cpp could not quantize {src} to {type_name} (code {rc}); "
-                            "see the log above for the tensor it stopped at")
-    os.replace(tmp, dst)
+    clean_leftovers(dst)
+    tmp = partial_path(dst)
+    done = False
+    try:
+        rc = C.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
+        if rc != 0 or not tmp.exists():
+            raise QuantizeError(f"llama.cpp could not quantize {src} to {type_name} (code {rc}); "
+                                "see the log above for the tensor it stopped at")
+        os.replace(tmp, dst)
+        done = True
+    finally:
+        if not done:  # an error, or Ctrl-C (which lands when the C call returns): no partial output
+            tmp.unlink(missing_ok=True)
     return dst
