@@ -85,7 +85,7 @@ def mutant_record(i: int, rng: random.Random) -> bytes:
     if field == "n" and isinstance(value, int) and not isinstance(value, bool) and 2 < value:
         value = 1025 if value < 2**31 else value  # a valid huge n would only make the run slow
     record[field] = value
-    return json.dumps(record, ensure_ascii=rng.random() < 0.5).encode()
+    return json.dumps(record, ensure_ascii=rng.random() < 0.5).encode("utf-8", "surrogatepass")
 
 
 def fuzz_jsonl(count: int, models: list[str], workdir: Path, seed: int = 0) -> Counter:
