@@ -102,6 +102,7 @@ def read_json_if_present(path: Path) -> dict[str, Any]:
 
 
 _MAX_INT = 2**31 - 1  # GGUF stores these as uint32 and llama.cpp reads them into int32/uint32
+_MAX_FLOAT32 = float(np.finfo(np.float32).max)  # and these as float32
 
 
 def _show(value) -> str:
@@ -119,8 +120,9 @@ def _positive_int(config: dict[str, Any], key: str, default: int | None = None) 
 
 def _positive_number(mapping: dict[str, Any], key: str, default: float, where: str = "") -> float:
     value = mapping.get(key, default)
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (math.isfinite(value) and value > 0):
-        raise ConversionError(f"config.json: {where}'{key}' must be a positive number, got {_show(value)}; "
+    if (not isinstance(value, (int, float)) or isinstance(value, bool)
+            or not (math.isfinite(value) and 0 < value <= _MAX_FLOAT32)):
+        raise ConversionError(f"config.json: {where}'{key}' must be a positive float32 number, got {_show(value)}; "
                               "fix config.json")
     return float(value)
 
