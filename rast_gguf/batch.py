@@ -10,8 +10,8 @@ company a sequence is decoded in, so the waves never change: a resumed run decod
 every wave that holds a missing record, and writes only the missing records. Records are written
 in input order, one line each, flushed, so a run's output is always a prefix of the full output;
 a line torn by a kill is cut off when the run restarts (rast_gguf.results_file: the output is
-locked for the run, and resumed only with the settings that made it). Bad records are reported with their line
-number and skipped, or abort everything before decoding when `strict`.
+locked for the run, and resumed only with the settings that made it). Bad records are reported
+with their line number and skipped, or abort everything before decoding when `strict`.
 """
 
 from __future__ import annotations
