@@ -8,14 +8,14 @@ which records run beside it (where llama.cpp's numerics allow). Groups are submi
 max_tokens first and the scheduler keeps every slot busy; a record is written, one line, flushed,
 as soon as its last sample ends, so lines come in completion order. A line torn by a kill is cut
 off when the run restarts, and a resumed run decodes only the records missing from the output:
-every id ends up exactly once. Bad records are reported with their line number and skipped, or
+every id ends up exactly once (rast_gguf.results_file: the output is locked for the run, and
+resumed only with the settings that made it). Bad records are reported with their line number and skipped, or
 abort everything before decoding when `strict`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sys
 import time
@@ -24,8 +24,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rast_gguf.engine import RastEngine
-from rast_gguf.errors import BatchInputError, BatchOutputError, RastError
-from rast_gguf.jsonl import BatchRecord, id_key, read_records
+from rast_gguf.errors import BatchInputError, RastError
+from rast_gguf.jsonl import BatchRecord, read_records
+from rast_gguf.results_file import ResultsFile, engine_fingerprints
 from rast_gguf.scheduler import Scheduler, SchedulerStats, SeqRequest, TokenEvent
 from rast_gguf.sampling import SEED_RANDOM, SamplingParams
 
@@ -66,24 +67,6 @@ class BatchSummary:
 def derive_seed(seed: int, record_key: str, sample_index: int) -> int:
     digest = hashlib.sha256(f"{seed}\0{record_key}\0{sample_index}".encode()).digest()
     return int.from_bytes(digest[:4], "little") % SEED_RANDOM
-
-
-def completed_ids(out_path: Path) -> set[str]:
-    """Ids already written to out_path; a last line torn by a kill is cut off the file."""
-    if not out_path.exists():
-        return set()
-    data = out_path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        os.truncate(out_path, end)
-    done = set()
-    for line_no, raw in enumerate(data[:end].splitlines(), start=1):
-        try:
-            done.add(id_key(json.loads(raw)["id"]))
-        except (ValueError, KeyError, TypeError):
-            raise BatchOutputError(f"{out_path} line {line_no} is not a result record, so the run cannot resume "
-                                   "from it; give another -o or delete the file") from None
-    return done
 
 
 def _prompt_tokens(engine: RastEngine, record: BatchRecord) -> list[int]:
@@ -134,8 +117,11 @@ def _print_problem(line: int, reason: str) -> None:
 
 def run_batch(engine: RastEngine, records: Sequence[BatchRecord], out_path: str | os.PathLike, *,
               problems: Sequence[tuple[int, str]] = (), strict: bool = False, ignore_eos: bool = False,
-              progress: bool = True, report: Callable[[int, str], None] = _print_problem) -> BatchSummary:
-    """Decode every record missing from out_path and append it there; see the module docstring.
+              progress: bool = True, report: Callable[[int, str], None] = _print_problem,
+              input_path: str | os.PathLike | None = None, overwrite: bool = False) -> BatchSummary:
+    """Decode every record missing from out_path and append it there; see the module docstring
+    (and rast_gguf.results_file: the output is locked, checked against `input_path`, and its
+    records' settings fingerprints must match the records', unless `overwrite` empties it).
 
     `problems` are (line, reason) pairs found while reading the input; with `strict` the first
     problem of all (these or a prompt that cannot run) raises BatchInputError before any decoding.
@@ -150,7 +136,9 @@ def run_batch(engine: RastEngine, records: Sequence[BatchRecord], out_path: str 
         raise BatchInputError(f"line {line}: {reason} (run without --strict to skip bad lines)")
     for line, reason in all_problems:
         report(line, reason)
-    done = completed_ids(out_path)
+    results = ResultsFile(out_path, engine_fingerprints(engine, records, ignore_eos), input_path=input_path,
+                          overwrite=overwrite)
+    done = results.done
     summary = BatchSummary(n_records=len(records), bad_lines=[line for line, _ in all_problems])
     summary.n_resumed = sum(r.key in done for r in records)
 
@@ -162,14 +150,12 @@ def run_batch(engine: RastEngine, records: Sequence[BatchRecord], out_path: str 
     order = sorted(by_record, key=lambda index: -records[index].max_tokens)
     scheduler = Scheduler(engine)
     t0 = time.perf_counter()
-    with open(out_path, "a", encoding="utf-8", newline="\n") as out, \
+    with results, \
             tqdm(total=len({job.record_index for job in jobs}),
                  initial=summary.n_resumed, unit="rec", file=sys.stderr, dynamic_ncols=True,
                  disable=None if progress else True) as bar:
         def write(record: BatchRecord, samples: list[Sample], n_prompt: int) -> None:
-            out.write(json.dumps(result_record(record, samples, n_prompt), ensure_ascii=False) + "\n")
-            out.flush()
-            done.add(record.key)
+            results.write(result_record(record, samples, n_prompt), record.key)
             summary.n_written += 1
             summary.seconds = time.perf_counter() - t0
             bar.update(1)
@@ -215,4 +201,4 @@ def batch_file(engine: RastEngine, in_path: str | os.PathLike, out_path: str | o
                sampling: SamplingParams, max_tokens: int, **kwargs) -> BatchSummary:
     """run_batch over a JSONL file, with `sampling` and `max_tokens` as the records' defaults."""
     records, problems = read_records(in_path, sampling, max_tokens)
-    return run_batch(engine, records, out_path, problems=problems, **kwargs)
+    return run_batch(engine, records, out_path, problems=problems, input_path=in_path, **kwargs)

@@ -102,11 +102,10 @@ class _StopStringFilter:
 
     def push(self, text: str) -> tuple[str, bool]:
         self.pending += text
-        for stop in self.stops:
-            at = self.pending.find(stop)
-            if at >= 0:
-                out, self.pending = self.pending[:at], ""
-                return out, True
+        found = [at for stop in self.stops if (at := self.pending.find(stop)) >= 0]
+        if found:  # the earliest stop, whichever of them it is
+            out, self.pending = self.pending[:min(found)], ""
+            return out, True
         hold = 0
         for stop in self.stops:
             for k in range(min(len(stop) - 1, len(self.pending)), 0, -1):

@@ -17,6 +17,7 @@ from rast_gguf.errors import SamplingParamsError
 
 ORDERS = ("llama", "reference")
 SEED_RANDOM = 0xFFFFFFFF  # llama.cpp's LLAMA_DEFAULT_SEED: draw a random seed
+INT32_MAX = 2**31 - 1    # llama.cpp's top_k is an int32_t
 
 
 def _require(ok: bool, message: str) -> None:
@@ -56,7 +57,7 @@ class SamplingParams:
     def __post_init__(self):
         _require(math.isfinite(self.temp) and self.temp >= 0,
                  f"--temp must be >= 0 (0 means greedy), got {self.temp}")
-        _require(self.top_k >= 0, f"--top-k must be >= 0 (0 disables it), got {self.top_k}")
+        _require(0 <= self.top_k <= INT32_MAX, f"--top-k must be in [0, {INT32_MAX}] (0 disables it), got {self.top_k}")
         _require(math.isfinite(self.top_p) and 0 < self.top_p <= 1,
                  f"--top-p must be in (0, 1], got {self.top_p}")
         _require(math.isfinite(self.min_p) and 0 <= self.min_p < 1,

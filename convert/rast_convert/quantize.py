@@ -1,7 +1,8 @@
 """Quantize a GGUF file with llama.cpp's own quantizer (`llama_model_quantize`).
 
 `quantize(src, dst, "q4_k_m")` writes `dst` through a temporary file that is renamed only when
-llama.cpp reports success, so a failed or interrupted run never leaves a half-written model.
+llama.cpp reports success, so a failed or interrupted run never leaves a half-written model (and
+what a killed run left is removed by the next: rast_convert.partial_files).
 Type names are llama.cpp's (`f16`, `bf16`, `q8_0`, `q4_k_m`, ...), case-insensitive. Failures
 raise ConversionError. The input is not validated here beyond its magic; rast_gguf's
 `quantize_gguf` runs its full GGUF validator first.
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 from rast_convert.errors import ConversionError
+from rast_convert.partial_files import clean_leftovers, partial_path
 
 # llama_ftype values from llama.h (stable across versions).
 FTYPES: dict[str, int] = {
@@ -63,11 +65,17 @@ def quantize(src: str | os.PathLike, dst: str | os.PathLike, type_name: str, *, 
     params.nthread = n_threads
     params.ftype = ftype
     params.allow_requantize = allow_requantize
-    tmp = dst.with_name(dst.name + ".part")
-    rc = C.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
-    if rc != 0 or not tmp.exists():
-        tmp.unlink(missing_ok=True)
-        raise ConversionError(f"llama.cpp could not quantize {src} to {type_name} (code {rc}); "
-                              "see the log above for the tensor it stopped at")
-    os.replace(tmp, dst)
+    clean_leftovers(dst)
+    tmp = partial_path(dst)
+    done = False
+    try:
+        rc = C.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
+        if rc != 0 or not tmp.exists():
+            raise ConversionError(f"llama.cpp could not quantize {src} to {type_name} (code {rc}); "
+                                  "see the log above for the tensor it stopped at")
+        os.replace(tmp, dst)
+        done = True
+    finally:
+        if not done:  # an error, or Ctrl-C (which lands when the C call returns): no partial output
+            tmp.unlink(missing_ok=True)
     return dst

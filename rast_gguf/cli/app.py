@@ -36,10 +36,45 @@ app.command("eval")(eval_command)
 app.command("analyze")(analyze_command)
 
 
-def _is_usage_error(e: Exception) -> bool:
-    """click's ClickException family (a bad flag, a missing option), whether typer uses the click package or
-    its own vendored copy: recognised by the interface they share."""
-    return callable(getattr(e, "format_message", None)) and isinstance(getattr(e, "exit_code", None), int)
+def _usage_error_types() -> tuple[type, ...]:
+    """The exceptions Typer raises for command-line usage errors: its vendored click's
+    (typer._click, Typer >= 0.25) and, for a Typer that still uses click itself, click's."""
+    types = []
+    try:
+        from typer._click.exceptions import ClickException as VendoredClickException
+
+        types.append(VendoredClickException)
+    except ImportError:
+        pass
+    try:
+        import click
+
+        types.append(click.ClickException)
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+def _abort_types() -> tuple[type, ...]:
+    types = [typer.Abort, EOFError]
+    try:
+        import click
+
+        types.append(click.exceptions.Abort)
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+def _print_usage_error(e) -> int:
+    if type(e).__name__ == "NoArgsIsHelpError":  # `rast` alone: the help text is the answer
+        e.show()
+        return 0
+    ctx = getattr(e, "ctx", None)
+    command = ctx.command_path if ctx is not None else "rast"
+    message = " ".join(e.format_message().split())
+    print(f"error: {message} (see '{command} --help')", file=sys.stderr)
+    return e.exit_code
 
 
 def main() -> None:
@@ -57,18 +92,10 @@ def main() -> None:
         sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except (typer.Abort, EOFError):
+    except _abort_types():
         sys.exit(1)
-    except Exception as e:
-        if not _is_usage_error(e):
-            raise
-        context = getattr(e, "ctx", None)
-        hint = f" (see: {context.command_path} --help)" if context is not None else ""
-        message = " ".join(e.format_message().split())
-        if not message:  # `rast` alone: click has printed the help
-            sys.exit(e.exit_code)
-        print(f"error: {message}{hint}", file=sys.stderr)
-        sys.exit(1)
+    except _usage_error_types() as e:
+        sys.exit(_print_usage_error(e))
     sys.exit(exit_code if isinstance(exit_code, int) else 0)
 
 

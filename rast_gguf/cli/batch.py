@@ -21,6 +21,8 @@ def batch_command(
                                "are not decoded again).")],
     parallel: Annotated[int, typer.Option("-np", "--parallel", help="Sequences decoded together in each context.")] = 4,
     strict: Annotated[bool, typer.Option("--strict", help="Abort on the first bad input line, before decoding.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Discard the records already in the output (made "
+                                            "with other settings) instead of resuming.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress",
                                            help="Show a progress bar on stderr (when it is a terminal).")] = True,
     large: o.Large = None, base: o.Base = None, tuned: o.Tuned = None, alpha: o.Alpha = None,
@@ -44,7 +46,8 @@ def batch_command(
     sampling = sampling_from_flags(flags)
     records, problems = read_records(input_path, sampling, n_predict)
     with from_flags(flags, sampling=sampling).engine(n_seq_max=parallel) as engine:
-        summary = run_batch(engine, records, output, problems=problems, strict=strict, progress=progress)
+        summary = run_batch(engine, records, output, problems=problems, strict=strict, progress=progress,
+                            input_path=input_path, overwrite=overwrite)
     skipped = f", {len(summary.bad_lines)} bad lines skipped" if summary.bad_lines else ""
     print(f"{output}: wrote {summary.n_written} records ({summary.n_resumed} already there{skipped}) | "
           f"{summary.generated_tokens} tokens in {summary.seconds:.1f} s, {summary.tokens_per_second:.1f} tokens/s",

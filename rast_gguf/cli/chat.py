@@ -108,7 +108,16 @@ def run_chat(session, *, show_delta: bool = False, out: TextIO = sys.stdout) -> 
             except EOFError:
                 print(file=out)
                 return
+            except UnicodeDecodeError as e:
+                print(f"error: the line is not UTF-8 text ({e.reason}); type it again", file=out)
+                continue
             if not line.strip():
+                continue
+            try:
+                line.encode("utf-8")
+            except UnicodeEncodeError as e:  # undecodable bytes, kept by the surrogateescape reader
+                bad = e.object[e.start:e.end].encode("utf-8", "surrogateescape")
+                print(f"error: the line is not UTF-8 text (bytes {bad.hex(' ')}); type it again", file=out)
                 continue
             try:
                 if line.startswith("/"):
