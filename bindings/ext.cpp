@@ -18,6 +18,8 @@
 
 namespace nb = nanobind;
 
+void rast_register_speculative(nb::module_ & m);  // speculative_py.cpp
+
 template <typename T> static T * from_addr(uintptr_t addr) {
     if (addr == 0) {
         throw std::invalid_argument("null llama handle");
@@ -232,4 +234,6 @@ NB_MODULE(_ext, m) {
                                                llama_model_get_vocab(from_addr<llama_model>(model_b)), n);
           },
           nb::arg("model_a"), nb::arg("model_b"), nb::arg("n"), nb::call_guard<nb::gil_scoped_release>());
+
+    rast_register_speculative(m);
 }

@@ -132,7 +132,7 @@ class ChatSession:
         answer: list[int] = []
         stream = stream_continue(self.engine, n_prompt=len(tokens), prompt_tps=prompt_tps,
                                  max_tokens=self.max_tokens, sampling=self.sampling, ignore_eos=self.ignore_eos,
-                                 track_delta=self.track_delta)
+                                 track_delta=self.track_delta, history=tokens)
         try:
             for response in stream:
                 answer.append(response.token)

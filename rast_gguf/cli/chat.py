@@ -39,6 +39,7 @@ def chat_command(
     n_gpu_layers: o.NGpuLayers = 0, n_gpu_layers_small: o.NGpuLayersSmall = None, threads: o.Threads = None,
     temp: o.Temp = 0.8, top_k: o.TopK = 40, top_p: o.TopP = 0.95, min_p: o.MinP = 0.05,
     seed: o.Seed = 0xFFFFFFFF, sampler_order: o.SamplerOrder = "llama", verbose: o.Verbose = False, overlap: o.Overlap = False,
+    draft: o.Draft = None, draft_max: o.DraftMax = 8, draft_min: o.DraftMin = 0, draft_p_min: o.DraftPMin = 0.0,
 ):
     """Chat with RAST: streaming, multi-turn, with the large model's chat template.
 
@@ -57,7 +58,8 @@ def chat_command(
         print("the built-in toy models have no chat template: chatting in --raw mode", file=sys.stderr)
     large_path, pairs = resolve_models(large, base, tuned, alpha, n_gpu_layers, n_gpu_layers_small)
     with RastEngine(large_path, pairs, n_ctx=ctx_size, n_batch=batch_size, n_threads=threads,
-                    n_gpu_layers=n_gpu_layers, overlap=overlap) as engine:
+                    n_gpu_layers=n_gpu_layers, overlap=overlap,
+                    draft=o.draft_params(draft, draft_max, draft_min, draft_p_min)) as engine:
         session = ChatSession(engine, system=system, raw=raw, sampling=sampling, max_tokens=n_predict,
                               ignore_eos=ignore_eos, track_delta=show_delta)
         alphas = ", ".join(f"{p.alpha:g}" for p in engine.pairs) or "none"

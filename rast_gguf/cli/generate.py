@@ -20,6 +20,7 @@ def generate_command(
     seed: o.Seed = 0xFFFFFFFF, sampler_order: o.SamplerOrder = "llama",
     stop: Annotated[Optional[list[str]], typer.Option("--stop", help="Stop string; repeatable.")] = None,
     verbose: o.Verbose = False, overlap: o.Overlap = False,
+    draft: o.Draft = None, draft_max: o.DraftMax = 8, draft_min: o.DraftMin = 0, draft_p_min: o.DraftPMin = 0.0,
 ):
     """Generate a completion with RAST.
 
@@ -36,11 +37,13 @@ def generate_command(
     large_path, pairs = resolve_models(large, base, tuned, alpha, n_gpu_layers, n_gpu_layers_small)
     last = None
     with RastEngine(large_path, pairs, n_ctx=ctx_size, n_batch=batch_size, n_threads=threads,
-                    n_gpu_layers=n_gpu_layers, overlap=overlap) as engine:
+                    n_gpu_layers=n_gpu_layers, overlap=overlap,
+                    draft=o.draft_params(draft, draft_max, draft_min, draft_p_min)) as engine:
         for last in stream_generate(engine, prompt, max_tokens=n_predict, sampling=sampling, stop=stop or ()):
             sys.stdout.write(last.text)
             sys.stdout.flush()
     sys.stdout.write("\n")
     print(f"prompt: {last.prompt_tokens} tokens, {last.prompt_tps:.1f} tokens/s | generation: "
           f"{last.generation_tokens} tokens, {last.generation_tps:.1f} tokens/s | finish: {last.finish_reason} | "
-          f"seed: {sampling.resolved_seed}", file=sys.stderr)
+          f"seed: {sampling.resolved_seed}" + (f" | {last.speculative.line()}" if last.speculative else ""),
+          file=sys.stderr)
