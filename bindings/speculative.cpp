@@ -396,6 +396,10 @@ rast_cycle_result rast_speculator::cycle(int32_t k_max, float p_min, int32_t n_m
             }
             emit_stats(zl, z_.data(), post_.data(), token);
         }
+        if (forced_accept >= 0 && i < k) {
+            accepted = i < forced_accept;
+            if (accepted) token = drafts_[i];
+        }
         res.tokens.push_back(token);
         if (!accepted) break;
         ++m;

@@ -92,6 +92,9 @@ class rast_speculator {
     int32_t n_past() const { return (int32_t) history_.size(); }
 
     bool wrong_residual = false;  // tests only (see rast_accept_or_resample)
+    int32_t forced_accept = -1;   // benchmarks only: >= 0 accepts exactly min(this, k) drafts per cycle
+                                  // whatever p says (times a cycle at a fixed accepted length; the
+                                  // output is then NOT RAST's)
     bool record = false;          // keep the post-chain logits of each emitted token
     bool track_delta = false;     // keep rast_delta_stats of each emitted token
     std::vector<std::vector<float>> recorded;     // per emitted token of the last cycle

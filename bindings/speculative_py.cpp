@@ -104,6 +104,7 @@ void rast_register_speculative(nb::module_ & m) {
         .def("set_record", [](Speculator & s, bool on) { s.get().record = on; }, nb::arg("enabled"))
         .def("set_track_delta", [](Speculator & s, bool on) { s.get().track_delta = on; }, nb::arg("enabled"))
         .def("set_wrong_residual", [](Speculator & s, bool on) { s.get().wrong_residual = on; }, nb::arg("enabled"))
+        .def("set_forced_accept", [](Speculator & s, int32_t n) { s.get().forced_accept = n; }, nb::arg("n"))
         .def("recorded_logits", &Speculator::recorded_logits, nb::arg("i"))
         .def("delta_stats", &Speculator::delta_stats)
         .def("close", [](Speculator & s) { s.spec.reset(); });
