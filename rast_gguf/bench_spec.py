@@ -53,7 +53,6 @@ def _cycle_times(engine: RastEngine, prompt: list[int], ks, n_cycles: int) -> di
                 times[(k, m)] = statistics.median(runs)
     finally:
         spec.close()
-        engine.n_past = spec.n_past if False else engine.n_past
     return times
 
 

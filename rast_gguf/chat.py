@@ -39,6 +39,7 @@ class TurnStats:
     generation_tps: float = 0.0
     finish_reason: str | None = None
     changed_tokens: int = 0     # answer tokens where RAST's pick differs from the large model's (track_delta)
+    speculative: object = None  # SpecStats of the answer, when the engine speculates
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -140,6 +141,7 @@ class ChatSession:
                 self.last.generation_tps = response.generation_tps
                 self.last.finish_reason = response.finish_reason
                 self.last.changed_tokens += bool(response.delta and response.delta.changed)
+                self.last.speculative = response.speculative
                 yield response
         finally:
             stream.close()

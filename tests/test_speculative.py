@@ -97,8 +97,9 @@ def numpy_chain(z, temp, top_k):
     return out / out.sum()
 
 
-def exact_two_token_table(t, prompt_tokens, alpha):
-    """P(first token, second token) of RAST, from each model run alone and combined in numpy."""
+def exact_table(t, prompt_tokens, alpha, n_tokens):
+    """RAST's P(first token) (n_tokens=1) or P(first, second) (n_tokens=2), from each model run alone
+    and combined in numpy."""
     models = [AloneModel(p, n_ctx=64) for p in (t.large, t.tuned, t.base)]
     excluded = np.union1d(unused_ids(t.large), unused_ids(t.base))
     n_vocab = len(models[0].start(prompt_tokens))
@@ -108,6 +109,8 @@ def exact_two_token_table(t, prompt_tokens, alpha):
 
     try:
         p1 = p_next([m.start(prompt_tokens) for m in models])
+        if n_tokens == 1:
+            return p1
         table = np.zeros((n_vocab, n_vocab))
         for t1 in np.nonzero(p1)[0]:
             for m in models:
@@ -119,7 +122,9 @@ def exact_two_token_table(t, prompt_tokens, alpha):
             m.close()
 
 
-def speculative_two_token_counts(t, alpha, drafter, n_runs, *, wrong_residual=False, n_max=2):
+def speculative_counts(t, alpha, drafter, n_runs, n_tokens, *, wrong_residual=False, n_max=2):
+    """How often each first token (or pair of first tokens) came out of n_runs seeded speculative runs
+    from the same prompt; the cycle is called directly so a run costs one or two cycles."""
     draft = DraftParams(str(t.base) if drafter == "model" else drafter, n_max=n_max, adaptive=False)
     with RastEngine(t.large, [DeltaPair(str(t.tuned), str(t.base), alpha)], n_ctx=64, n_threads=1,
                     flash_attn="off", draft=draft) as engine:
@@ -127,7 +132,7 @@ def speculative_two_token_counts(t, alpha, drafter, n_runs, *, wrong_residual=Fa
         engine.feed(prompt[:-1])
         spec = make_speculator(engine, SamplingParams(seed=5, **CHAIN))
         spec.set_wrong_residual(wrong_residual)
-        counts = np.zeros((engine.n_vocab, engine.n_vocab), dtype=np.int64)
+        counts = np.zeros((engine.n_vocab,) * n_tokens, dtype=np.int64)
         n_drafted = n_accepted = 0
         try:
             for _ in range(n_runs):
@@ -135,27 +140,26 @@ def speculative_two_token_counts(t, alpha, drafter, n_runs, *, wrong_residual=Fa
                 spec.start(prompt)
                 tokens, drafted, accepted, _, _ = spec.cycle(n_max, 0.0, 0, 1, 4)
                 n_drafted, n_accepted = n_drafted + drafted, n_accepted + accepted
-                if len(tokens) < 2:
+                if len(tokens) < n_tokens:
                     tokens = tokens + spec.cycle(n_max, 0.0, 0, 1, 4)[0]
-                counts[tokens[0], tokens[1]] += 1
+                counts[tuple(tokens[:n_tokens])] += 1
         finally:
             spec.close()
     return prompt, counts, n_drafted, n_accepted
 
 
-@pytest.mark.parametrize("drafter, alpha, n_runs", [("tuned", 1.0, N_RUNS), ("model", 2.0, 4000)])
-def test_first_two_tokens_follow_rast_distribution(small_vocab_triple, drafter, alpha, n_runs):
-    prompt, counts, n_drafted, n_accepted = speculative_two_token_counts(small_vocab_triple, alpha, drafter, n_runs)
-    table = exact_two_token_table(small_vocab_triple, prompt, alpha)
+@pytest.mark.parametrize("drafter, n_tokens, n_runs", [("tuned", 1, N_RUNS), ("tuned", 2, 4000), ("model", 2, 4000)])
+def test_first_tokens_follow_rast_distribution(small_vocab_triple, drafter, n_tokens, n_runs):
+    prompt, counts, n_drafted, n_accepted = speculative_counts(small_vocab_triple, 1.0, drafter, n_runs, n_tokens)
+    table = exact_table(small_vocab_triple, prompt, 1.0, n_tokens)
     # both the accept branch and the residual branch ran many times
     assert n_drafted >= n_runs and 0.1 * n_drafted < n_accepted < 0.9 * n_drafted
     assert chi2_pvalue(counts.ravel(), table.ravel()) > 0.01
 
 
 def test_wrong_residual_fails_the_distribution_test(small_vocab_triple):
-    prompt, counts, _, _ = speculative_two_token_counts(small_vocab_triple, 1.0, "tuned", 4000, wrong_residual=True)
-    table = exact_two_token_table(small_vocab_triple, prompt, 1.0)
-    assert chi2_pvalue(counts.ravel(), table.ravel()) < 1e-6
+    prompt, counts, _, _ = speculative_counts(small_vocab_triple, 1.0, "tuned", 4000, 1, wrong_residual=True)
+    assert chi2_pvalue(counts, exact_table(small_vocab_triple, prompt, 1.0, 1)) < 1e-6
 
 
 def top2_margins(step_logits):
@@ -352,3 +356,17 @@ def test_bad_draft_settings_are_one_line_errors(triple, tmp_path):
         DraftParams(str(tmp_path / "missing.gguf"))
     with pytest.raises(UsageError, match="no pair is loaded"):
         RastEngine(triple.large, [], n_ctx=64, draft="tuned")
+
+
+def test_rast_generate_with_draft_prints_the_same_completion_and_the_stats():
+    from test_cli import rast_cli
+
+    args = ["generate", "-p", TOY_PROMPTS[0], "-n", "40", "--temp", "0", "-c", "256", "-t", "2"]
+    plain = rast_cli(*args)
+    spec = rast_cli(*args, "--draft", "tuned", "--draft-max", "6")
+    assert plain.returncode == 0 and spec.returncode == 0, spec.stderr
+    assert spec.stdout == plain.stdout and "Answer:" in spec.stdout
+    assert "accepted per cycle" in spec.stderr and "accepted per cycle" not in plain.stderr
+    bad = rast_cli(*args, "--draft", "no-such-drafter.gguf")
+    assert bad.returncode == 1 and "--draft" in bad.stderr and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) <= 2

@@ -201,4 +201,6 @@ def format_stats(session) -> str:
             f"tokens ({last.generation_tps:.1f} tokens/s)")
     if session.track_delta:
         line += f"; {last.changed_tokens} changed by the delta"
+    if last.speculative is not None:
+        line += f"; {last.speculative.line()}"
     return line
