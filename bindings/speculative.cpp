@@ -13,10 +13,19 @@ static double seconds_since(rast_clock::time_point t0) {
     return std::chrono::duration<double>(rast_clock::now() - t0).count();
 }
 
-// A uniform double in [0, 1) from 53 random bits (the same on every standard library).
-static double uniform01(std::mt19937_64 & rng) {
-    return (double) (rng() >> 11) * (1.0 / 9007199254740992.0);
+static uint64_t splitmix64(uint64_t x) {
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
 }
+
+double rast_uniform(uint64_t seed, int64_t position, int32_t purpose) {
+    const uint64_t h = splitmix64(splitmix64(splitmix64(seed) ^ (uint64_t) position) ^ (uint64_t) purpose);
+    return (double) (h >> 11) * (1.0 / 9007199254740992.0);
+}
+
+enum { U_DRAFT = 0, U_ACCEPT = 1, U_RESIDUAL = 2, U_PLAIN = 3 };
 
 rast_post_chain::rast_post_chain(const rast_chain_settings & s, int32_t n_vocab) : n_vocab_(n_vocab) {
     cur_.resize(n_vocab);
@@ -117,15 +126,14 @@ int32_t rast_draw(const float * probs, int32_t n, double u) {
     return last;  // rounding at the very end
 }
 
-int32_t rast_accept_or_resample(const float * p, const float * q, int32_t n, int32_t d, std::mt19937_64 & rng,
-                                bool wrong_residual, bool * accepted) {
-    const double u = uniform01(rng);
-    if (u * (double) q[d] < (double) p[d]) {  // u < p(d)/q(d), without dividing
+int32_t rast_accept_or_resample(const float * p, const float * q, int32_t n, int32_t d, double u_accept,
+                                double u_residual, bool wrong_residual, bool * accepted) {
+    if (u_accept * (double) q[d] < (double) p[d]) {  // u < p(d)/q(d), without dividing
         *accepted = true;
         return d;
     }
     *accepted = false;
-    const double v = uniform01(rng);
+    const double v = u_residual;
     // residual max(0, p - q) over the full vocabulary, drawn in two passes without a buffer
     double sum = 0.0;
     for (int32_t i = 0; i < n; ++i) sum += wrong_residual ? p[i] : std::max(0.0f, p[i] - q[i]);
@@ -150,7 +158,7 @@ rast_speculator::rast_speculator(llama_context * ctx_large, std::vector<rast_pai
                                  rast_draft_kind kind, llama_context * ctx_draft, int32_t n_batch_max)
     : ctx_large_(ctx_large), pairs_(std::move(pairs)),
       n_vocab_(llama_vocab_n_tokens(llama_model_get_vocab(llama_get_model(ctx_large)))), n_shared_(n_shared),
-      settings_(settings), chain_p_(settings, n_vocab_), chain_q_(settings, n_vocab_), rng_(seed), kind_(kind),
+      settings_(settings), chain_p_(settings, n_vocab_), chain_q_(settings, n_vocab_), seed_(seed), kind_(kind),
       ctx_draft_(ctx_draft), n_batch_max_(n_batch_max) {
     if (kind_ == RAST_DRAFT_TUNED && pairs_.empty()) throw std::invalid_argument("drafting with the tuned model needs a pair");
     if (kind_ == RAST_DRAFT_MODEL && !ctx_draft_) throw std::invalid_argument("no drafter context");
@@ -159,6 +167,7 @@ rast_speculator::rast_speculator(llama_context * ctx_large, std::vector<rast_pai
     for (int32_t id = 0; id < n_shared_; ++id) allowed_[id] = id < (int32_t) excluded.size() ? !excluded[id] : 1;
     batch_ = llama_batch_init(n_batch_max_, 0, 1);
     z_.resize(n_vocab_);
+    post_q_.resize(n_vocab_);
     post_.resize(n_vocab_);
     p_.resize(n_vocab_);
 }
@@ -226,7 +235,7 @@ int32_t rast_speculator::draft_with_model(llama_context * ctx, int32_t k_max, fl
             if (p_min > 0.0f && chain_q_.apply(zq, nullptr, q) < p_min) break;
         } else {
             const float top = chain_q_.apply(zq, nullptr, q);
-            d = rast_draw(q, n_vocab_, uniform01(rng_));
+            d = rast_draw(q, n_vocab_, rast_uniform(seed_, (int64_t) n + 1 + j, U_DRAFT));
             if (top < p_min) break;
         }
         drafts_.push_back(d);
@@ -267,8 +276,12 @@ const float * rast_speculator::tuned_row(size_t pair, int32_t i) {
     if (!(kind_ == RAST_DRAFT_TUNED && pair == 0)) {
         return llama_get_logits_ith(pairs_[pair].ctx_tuned, i);
     }
+    return drafter_row(i);
+}
+
+const float * rast_speculator::drafter_row(int32_t i) {
     if (i < n_rows_) return rows_.data() + (size_t) i * n_vocab_;
-    // every draft was accepted: the drafter has not yet decoded the last one; its row is the bonus row
+    // every draft was accepted: the drafter has not yet decoded the last one; its row is the next one
     const auto t0 = rast_clock::now();
     const int32_t k = (int32_t) drafts_.size();
     batch_.n_tokens = 1;
@@ -346,7 +359,7 @@ rast_cycle_result rast_speculator::cycle(int32_t k_max, float p_min, int32_t n_m
     lazy_seconds_ = 0.0;
     const size_t need = (size_t) (k_max + 1) * n_vocab_;
     if (q_.size() < need) q_.resize(need);
-    if (kind_ == RAST_DRAFT_TUNED && rows_.size() < need) rows_.resize(need);
+    if (kind_ != RAST_DRAFT_NGRAM && rows_.size() < need) rows_.resize(need);
     const int32_t n = (int32_t) history_.size();
 
     auto t0 = rast_clock::now();
@@ -354,7 +367,7 @@ rast_cycle_result rast_speculator::cycle(int32_t k_max, float p_min, int32_t n_m
     if (kind_ == RAST_DRAFT_NGRAM) {
         k = draft_ngram(k_max, ngram_min, ngram_max);
     } else {
-        k = draft_with_model(ctx_draft_, k_max, p_min, kind_ == RAST_DRAFT_TUNED);
+        k = draft_with_model(ctx_draft_, k_max, p_min, kind_ == RAST_DRAFT_TUNED || settings_.temp > 0.0f);
     }
     if (k < n_min) {
         drafts_.clear();
@@ -388,11 +401,23 @@ rast_cycle_result rast_speculator::cycle(int32_t k_max, float p_min, int32_t n_m
             emit_stats(zl, z_.data(), z_.data(), token);
         } else {
             chain_p_.apply(z_.data(), record ? post_.data() : nullptr, p_.data());
+            const int64_t pos = (int64_t) n + 1 + i;  // index of the token this row decides
+            const double u_accept = rast_uniform(seed_, pos, U_ACCEPT), u_residual = rast_uniform(seed_, pos, U_RESIDUAL);
             if (i < k) {
                 token = rast_accept_or_resample(p_.data(), q_.data() + (size_t) i * n_vocab_, n_vocab_, drafts_[i],
-                                                rng_, wrong_residual, &accepted);
+                                                u_accept, u_residual, wrong_residual, &accepted);
+            } else if (kind_ != RAST_DRAFT_NGRAM) {
+                // the draft the drafter would propose here, decided like any draft (exact for any q)
+                float * zq = post_q_.data();
+                const float * row = drafter_row(i);
+                for (int32_t id = 0; id < n_vocab_; ++id) zq[id] = allowed_[id] ? row[id] : -INFINITY;
+                float * q = q_.data() + (size_t) i * n_vocab_;
+                chain_q_.apply(zq, nullptr, q);
+                const llama_token d = rast_draw(q, n_vocab_, rast_uniform(seed_, pos, U_DRAFT));
+                bool unused;
+                token = rast_accept_or_resample(p_.data(), q, n_vocab_, d, u_accept, u_residual, wrong_residual, &unused);
             } else {
-                token = rast_draw(p_.data(), n_vocab_, uniform01(rng_));
+                token = rast_draw(p_.data(), n_vocab_, rast_uniform(seed_, pos, U_PLAIN));
             }
             emit_stats(zl, z_.data(), post_.data(), token);
         }

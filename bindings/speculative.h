@@ -10,7 +10,10 @@
 // normalised max(0, p - q) over the full vocabulary; after k acceptances one more token is drawn
 // from p (Leviathan et al. 2023, Chen et al. 2023): every emitted token is distributed exactly as
 // RAST's. Greedy (temp <= 0): drafts are the drafter's argmax and are accepted while they equal
-// RAST's argmax (first maximum, as llama.cpp's greedy sampler).
+// RAST's argmax (first maximum, as llama.cpp's greedy sampler). Sampling, the token after the last
+// accepted draft is made the same way from a draft the drafter would have proposed there (a draw
+// from its q at that row, exact like any draft), and every draw for the token at position t uses
+// uniforms keyed by (seed, t): the output then does not depend on the draft lengths chosen.
 //
 // Drafters: the first pair's tuned model (its logits rows at the drafted positions are exactly the
 // z_tuned RAST needs there: they are copied while drafting and that context is left out of the
@@ -58,11 +61,16 @@ int32_t rast_argmax(const float * z, int32_t n);
 // Draw from the distribution probs[0..n) (need not be normalised; sum > 0) with u in [0, 1).
 int32_t rast_draw(const float * probs, int32_t n, double u);
 
-// The speculative-sampling decision for one draft d drawn from q: accept (returns d) with
-// probability min(1, p(d)/q(d)), else a draw from normalised max(0, p - q). wrong_residual (tests
-// only) draws from p instead: the rule then is no longer exact. *accepted says which happened.
-int32_t rast_accept_or_resample(const float * p, const float * q, int32_t n, int32_t d, std::mt19937_64 & rng,
-                                bool wrong_residual, bool * accepted);
+// The speculative-sampling decision for one draft d drawn from q: accept (returns d) when
+// u_accept < p(d)/q(d), else a draw (with u_residual) from normalised max(0, p - q). wrong_residual
+// (tests only) draws from p instead: the rule then is no longer exact. *accepted says which happened.
+int32_t rast_accept_or_resample(const float * p, const float * q, int32_t n, int32_t d, double u_accept,
+                                double u_residual, bool wrong_residual, bool * accepted);
+
+// A uniform in [0, 1) that depends only on (seed, position, purpose): the draws for the token at a
+// position are the same whatever draft length led there, so a seeded run repeats exactly although
+// the adaptive draft length follows timings.
+double rast_uniform(uint64_t seed, int64_t position, int32_t purpose);
 
 enum rast_draft_kind { RAST_DRAFT_TUNED = 0, RAST_DRAFT_MODEL = 1, RAST_DRAFT_NGRAM = 2 };
 
@@ -90,6 +98,7 @@ class rast_speculator {
     rast_cycle_result cycle(int32_t k_max, float p_min, int32_t n_min, int32_t ngram_min, int32_t ngram_max);
 
     int32_t n_past() const { return (int32_t) history_.size(); }
+    void set_seed(uint64_t seed) { seed_ = seed; }
 
     bool wrong_residual = false;  // tests only (see rast_accept_or_resample)
     int32_t forced_accept = -1;   // benchmarks only: >= 0 accepts exactly min(this, k) drafts per cycle
@@ -103,6 +112,7 @@ class rast_speculator {
   private:
     int32_t draft_with_model(llama_context * ctx, int32_t k_max, float p_min, bool keep_rows);
     int32_t draft_ngram(int32_t k_max, int32_t ngram_min, int32_t ngram_max);
+    const float * drafter_row(int32_t i);  // the drafter's logits for row i (tuned/model drafters)
     void    rast_row(int32_t i, float * z);  // RAST logits of verify row i
     const float * tuned_row(size_t pair, int32_t i);
     void    emit_stats(const float * z_large, const float * z_rast, const float * post_logits, llama_token token);
@@ -114,7 +124,7 @@ class rast_speculator {
     std::vector<uint8_t>     allowed_;  // n_vocab: 1 where RAST may pick the id
     rast_chain_settings      settings_;
     rast_post_chain          chain_p_, chain_q_;
-    std::mt19937_64          rng_;
+    uint64_t                 seed_;
     rast_draft_kind          kind_;
     llama_context *          ctx_draft_;
     int32_t                  n_batch_max_;
@@ -127,5 +137,5 @@ class rast_speculator {
     std::vector<float>       rows_;       // (drafts + 1) x n_vocab: the drafter's copied rows (tuned)
     int32_t                  n_rows_ = 0; // rows copied
     double                   lazy_seconds_ = 0.0; // drafter decode of the last draft after a full acceptance
-    std::vector<float>       z_, post_, p_;
+    std::vector<float>       z_, post_, post_q_, p_;
 };

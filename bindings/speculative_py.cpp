@@ -103,6 +103,7 @@ void rast_register_speculative(nb::module_ & m) {
         .def_prop_ro("n_past", [](const Speculator & s) { return s.get().n_past(); })
         .def("set_record", [](Speculator & s, bool on) { s.get().record = on; }, nb::arg("enabled"))
         .def("set_track_delta", [](Speculator & s, bool on) { s.get().track_delta = on; }, nb::arg("enabled"))
+        .def("set_seed", [](Speculator & s, uint64_t seed) { s.get().set_seed(seed); }, nb::arg("seed"))
         .def("set_wrong_residual", [](Speculator & s, bool on) { s.get().wrong_residual = on; }, nb::arg("enabled"))
         .def("set_forced_accept", [](Speculator & s, int32_t n) { s.get().forced_accept = n; }, nb::arg("n"))
         .def("recorded_logits", &Speculator::recorded_logits, nb::arg("i"))
@@ -114,12 +115,12 @@ void rast_register_speculative(nb::module_ & m) {
           [](FloatVec p, FloatVec q, int64_t n_runs, uint64_t seed, bool wrong_residual) {
               if (p.shape(0) != q.shape(0) || p.shape(0) == 0) throw std::invalid_argument("p and q must be equal-length, non-empty");
               const int32_t n = (int32_t) p.shape(0);
-              std::mt19937_64 rng(seed);
               std::vector<int64_t> counts(n, 0);
               for (int64_t r = 0; r < n_runs; ++r) {
-                  const int32_t d = rast_draw(q.data(), n, (double) (rng() >> 11) * (1.0 / 9007199254740992.0));
+                  const int32_t d = rast_draw(q.data(), n, rast_uniform(seed, r, 0));
                   bool accepted;
-                  counts[rast_accept_or_resample(p.data(), q.data(), n, d, rng, wrong_residual, &accepted)]++;
+                  counts[rast_accept_or_resample(p.data(), q.data(), n, d, rast_uniform(seed, r, 1),
+                                                 rast_uniform(seed, r, 2), wrong_residual, &accepted)]++;
               }
               return counts;
           },

@@ -6,7 +6,11 @@ with the speculative-sampling rule (accept d with probability min(1, p(d)/q(d));
 from the normalised max(0, p - q) over the full vocabulary; after k acceptances draw one more from
 p), and rolls every context back to the accepted length. p is RAST's distribution after the whole
 chain, q the drafter's as it sampled, so every emitted token is distributed exactly as RAST's;
-greedy output is token for token RAST's greedy output. Drafters (`DraftParams.source`):
+greedy output is token for token RAST's greedy output. Every draw for the token at position t is
+keyed by (seed, t) and the token after the accepted drafts is decided from a draft the drafter
+would have made there, so a seeded run repeats exactly even though the adaptive draft length
+follows the machine's timings (the draws differ from plain RAST's for the same seed; the
+distribution is the same). Drafters (`DraftParams.source`):
 "tuned", the first pair's tuned model (its logits at the drafted positions are the z_tuned RAST
 needs there, so it is left out of the verify batch), "ngram" (prompt lookup: the tokens that
 followed the latest earlier occurrence of the longest matching suffix, no model), or the path of

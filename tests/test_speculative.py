@@ -135,8 +135,9 @@ def speculative_counts(t, alpha, drafter, n_runs, n_tokens, *, wrong_residual=Fa
         counts = np.zeros((engine.n_vocab,) * n_tokens, dtype=np.int64)
         n_drafted = n_accepted = 0
         try:
-            for _ in range(n_runs):
+            for run in range(n_runs):
                 engine.rewind(len(prompt) - 1)
+                spec.set_seed(run)  # the draws are keyed by (seed, position): a new seed per run
                 spec.start(prompt)
                 tokens, drafted, accepted, _, _ = spec.cycle(n_max, 0.0, 0, 1, 4)
                 n_drafted, n_accepted = n_drafted + drafted, n_accepted + accepted
@@ -178,30 +179,30 @@ SYNTH_PROMPTS = ["The answer is", "Question: what is 12 + 35?\\nAnswer:", "a b a
                  "def f(x):\\n    return", "1, 2, 3, 4, 5,", "x = y + z; y = x + z; x =", "The the the the"]
 
 
-def assert_greedy_identical(t, pairs, draft, prompts, max_tokens=24, n_min_checked=None):
-    """Greedy speculative output equals plain RAST's wherever RAST's top-2 margin exceeds MARGIN; where a
-    run differs, the margin at the first difference must be a near-tie (batched vs single-token logits)."""
-    large = t.large
-    with RastEngine(large, pairs, n_ctx=256, n_threads=2, flash_attn="off") as plain, \
-            RastEngine(large, pairs, n_ctx=256, n_threads=2, flash_attn="off", draft=draft) as spec:
-        checked, total_drafted, total_accepted = 0, 0, 0
+def assert_greedy_identical(t, pairs, draft, prompts, max_tokens=24):
+    """Greedy speculative output equals plain RAST's token for token, except after a step where RAST's
+    top two are closer than MARGIN: the first difference, if any, must be at such a near-tie (shown
+    in the message); most tokens must be covered. Returns (drafted, accepted) over all prompts."""
+    with RastEngine(t.large, pairs, n_ctx=256, n_threads=2, flash_attn="off") as plain, \
+            RastEngine(t.large, pairs, n_ctx=256, n_threads=2, flash_attn="off", draft=draft) as spec:
+        n_same, n_total, drafted, accepted = 0, 0, 0, 0
         for prompt in prompts:
             want = generate(plain, prompt, max_tokens=max_tokens, record_logits=True, ignore_eos=True,
                             sampling=SamplingParams(temp=0))
             got = generate(spec, prompt, max_tokens=max_tokens, ignore_eos=True, sampling=SamplingParams(temp=0))
             margins = top2_margins(want.step_logits)
-            total_drafted += got.speculative.n_drafted
-            total_accepted += got.speculative.n_accepted
-            if min(margins) >= MARGIN:
-                checked += 1
-                assert got.tokens == want.tokens, f"{prompt!r}: speculative greedy output differs from RAST's"
-            elif got.tokens != want.tokens:
-                i = next(i for i, (a, b) in enumerate(zip(got.tokens, want.tokens)) if a != b)
-                assert margins[i] < MARGIN, (f"{prompt!r}: differs at step {i}, where RAST's top-2 margin is "
-                                             f"{margins[i]:.3g} (not a near-tie)")
-            assert got.text == want.text or got.tokens != want.tokens
-    assert checked >= (n_min_checked if n_min_checked is not None else len(prompts) - 2)
-    return total_drafted, total_accepted
+            drafted += got.speculative.n_drafted
+            accepted += got.speculative.n_accepted
+            assert len(got.tokens) == len(want.tokens) == max_tokens
+            first_diff = next((i for i, (a, b) in enumerate(zip(got.tokens, want.tokens)) if a != b), max_tokens)
+            if first_diff < max_tokens:
+                assert margins[first_diff] < MARGIN, (
+                    f"{prompt!r}: speculative greedy output differs from RAST's at step {first_diff}, where RAST's "
+                    f"top-2 margin is {margins[first_diff]:.3g} (not a near-tie)")
+            n_same += first_diff
+            n_total += max_tokens
+    assert n_same >= 0.6 * n_total, f"only {n_same} of {n_total} tokens compared before a near-tie"
+    return drafted, accepted
 
 
 @pytest.mark.parametrize("drafter, alpha", [("tuned", 0.5), ("tuned", 2.0), ("ngram", 1.0), ("model", 1.0)])
@@ -358,14 +359,15 @@ def test_bad_draft_settings_are_one_line_errors(triple, tmp_path):
         RastEngine(triple.large, [], n_ctx=64, draft="tuned")
 
 
-def test_rast_generate_with_draft_prints_the_same_completion_and_the_stats():
+def test_rast_generate_with_draft_prints_the_same_completion_and_the_stats(triple):
     from test_cli import rast_cli
 
-    args = ["generate", "-p", TOY_PROMPTS[0], "-n", "40", "--temp", "0", "-c", "256", "-t", "2"]
+    args = ["generate", "-p", "Once upon a time", "-m", triple.large, "--base", triple.base, "--tuned", triple.tuned,
+            "-n", "16", "--temp", "0", "-c", "128", "-t", "2"]
     plain = rast_cli(*args)
-    spec = rast_cli(*args, "--draft", "tuned", "--draft-max", "6")
+    spec = rast_cli(*args, "--draft", "tuned", "--draft-max", "4")
     assert plain.returncode == 0 and spec.returncode == 0, spec.stderr
-    assert spec.stdout == plain.stdout and "Answer:" in spec.stdout
+    assert spec.stdout == plain.stdout and len(spec.stdout) > 4
     assert "accepted per cycle" in spec.stderr and "accepted per cycle" not in plain.stderr
     bad = rast_cli(*args, "--draft", "no-such-drafter.gguf")
     assert bad.returncode == 1 and "--draft" in bad.stderr and "Traceback" not in bad.stderr
