@@ -30,6 +30,7 @@ void rast_register_step_sampler(nb::module_ & m);  // step_sampler.cpp
 struct rast_no_output_row : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
+void rast_register_speculative(nb::module_ & m);  // speculative_py.cpp
 
 template <typename T> static T * from_addr(uintptr_t addr) {
     if (addr == 0) {
@@ -329,4 +330,6 @@ NB_MODULE(_ext, m) {
                                                llama_model_get_vocab(from_addr<llama_model>(model_b)), n);
           },
           nb::arg("model_a"), nb::arg("model_b"), nb::arg("n"), nb::call_guard<nb::gil_scoped_release>());
+
+    rast_register_speculative(m);
 }

@@ -41,6 +41,7 @@ class TurnStats:
     generation_tps: float = 0.0
     finish_reason: str | None = None
     changed_tokens: int = 0     # answer tokens where RAST's pick differs from the large model's (track_delta)
+    speculative: object = None  # SpecStats of the answer, when the engine speculates
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -134,7 +135,7 @@ class ChatSession:
         answer: list[int] = []
         stream = stream_continue(self.engine, n_prompt=len(tokens), prompt_tps=prompt_tps,
                                  max_tokens=self.max_tokens, sampling=self.sampling, ignore_eos=self.ignore_eos,
-                                 track_delta=self.track_delta)
+                                 track_delta=self.track_delta, history=tokens)
         try:
             for response in stream:
                 answer.append(response.token)
@@ -142,6 +143,7 @@ class ChatSession:
                 self.last.generation_tps = response.generation_tps
                 self.last.finish_reason = response.finish_reason
                 self.last.changed_tokens += bool(response.delta and response.delta.changed)
+                self.last.speculative = response.speculative
                 yield response
         finally:
             stream.close()

@@ -7,7 +7,9 @@ the last one only); `sampler(params)` builds the C++ chain whose first link adds
 to the large model's logits for that last position. With overlap=True one feed decodes all
 contexts at once: the large one on the caller's thread, each small one on a C++ worker thread
 (`_ext.ParallelDecoder`). Off by default: on CUDA llama_decode only queues work, so the plain loop
-already overlaps the CPU side, and the threads measured no faster (timings in BENCHMARKS.md). All
+already overlaps the CPU side, and the threads measured no faster (timings in BENCHMARKS.md). With
+draft=... (rast_gguf.speculative.DraftParams or 'tuned' / 'ngram' / a GGUF path) generation
+speculates; a separate drafter model gets its own context, fed, rewound and reset with the others. All
 files are validated (each header parsed once) and all vocabularies checked before any context is
 created; close() closes the sampler chains the engine made, then frees everything in reverse order.
 """
@@ -40,7 +42,7 @@ class RastEngine:
 
     def __init__(self, large: str | os.PathLike, pairs: Sequence[DeltaPair] = (), *, n_ctx: int = 4096,
                  n_batch: int = 512, n_threads: int | None = None, n_gpu_layers: int = 0,
-                 flash_attn: str = "auto", n_seq_max: int = 1, overlap: bool = False):
+                 flash_attn: str = "auto", n_seq_max: int = 1, overlap: bool = False, draft=None):
         """Validate, check and load the models, then create one context per model.
 
         Args:
@@ -54,6 +56,8 @@ class RastEngine:
                 between on and off.
             n_seq_max: sequences decoded together (rast_gguf.batch); 1 for plain generation.
             overlap: decode the small models on C++ worker threads while the large one decodes.
+            draft: speculative decoding (rast_gguf.speculative): None (off), "tuned" (the first pair's
+                tuned model drafts), "ngram" (prompt lookup), a drafter GGUF path, or a DraftParams.
 
         Raises:
             GGUFFileError: a file is missing, not GGUF, truncated or corrupt.
@@ -62,6 +66,8 @@ class RastEngine:
             ModelLoadError: llama.cpp refused a model or a context.
             UsageError: an invalid flash_attn or n_seq_max.
         """
+        from rast_gguf.speculative import as_draft_params
+
         self._models: list[Model] = []
         self._decoder: _ext.ParallelDecoder | None = None
         self._contexts: list[Context] = []
@@ -70,6 +76,14 @@ class RastEngine:
         self._closed = False
         self._infos: dict[str, GGUFInfo] = {}
         self.pairs = list(pairs)
+        self.draft = as_draft_params(draft)  # None: no speculation
+        self.ctx_draft: Context | None = None
+        self._draft_costs = None  # (drafter s/decode, {n: verify s}) timed on first use (speculative.calibrate)
+        if self.draft and self.draft.kind == "tuned" and not self.pairs:
+            raise UsageError("--draft tuned drafts with the small tuned model, but no pair is loaded; "
+                             "give --base/--tuned, or use --draft ngram or --draft PATH")
+        draft_file = self.draft.source if self.draft and self.draft.kind == "model" else None
+        draft_ngl = self.pairs[0].n_gpu_layers if self.pairs else n_gpu_layers
         if flash_attn not in FLASH_ATTN_TYPES:
             raise UsageError(f"--flash-attn must be one of {', '.join(FLASH_ATTN_TYPES)}, got {flash_attn!r}")
         self.flash_attn = flash_attn
@@ -81,14 +95,16 @@ class RastEngine:
             self.model_large = self._load(large, n_gpu_layers, vocab_only=True)
             pair_models = [(self._load(p.tuned, p.n_gpu_layers, vocab_only=True),
                             self._load(p.base, p.n_gpu_layers, vocab_only=True)) for p in self.pairs]
-            self.n_shared = check_vocabularies(self.model_large, [m for pm in pair_models for m in pm])
+            draft_models = [self._load(draft_file, draft_ngl, vocab_only=True)] if draft_file else []
+            self.n_shared = check_vocabularies(self.model_large, [m for pm in pair_models for m in pm] + draft_models)
             for model in self._models:
                 model.close()
             self._models.clear()
 
             # refuse up front, with the estimate, rather than fail inside llama.cpp's allocator
             memory.check_fits([(self._infos[str(large)], n_gpu_layers)]
-                              + [(self._infos[str(path)], p.n_gpu_layers) for p in self.pairs for path in (p.tuned, p.base)],
+                              + [(self._infos[str(path)], p.n_gpu_layers) for p in self.pairs for path in (p.tuned, p.base)]
+                              + ([(self._infos[str(draft_file)], draft_ngl)] if draft_file else []),
                               n_ctx=n_ctx * n_seq_max, n_batch=n_batch)
             self.model_large = self._load(large, n_gpu_layers)
             self.ctx_large = self._context(self.model_large, n_ctx, n_batch, n_threads)
@@ -97,6 +113,8 @@ class RastEngine:
                 tuned = self._context(self._load(pair.tuned, pair.n_gpu_layers), n_ctx, n_batch, n_threads)
                 base = self._context(self._load(pair.base, pair.n_gpu_layers), n_ctx, n_batch, n_threads)
                 self.pair_contexts.append((tuned, base))
+            if draft_file:
+                self.ctx_draft = self._context(self._load(draft_file, draft_ngl), n_ctx, n_batch, n_threads)
             self.n_ctx = self.ctx_large.n_ctx_seq  # per sequence
             n_batch = min(ctx.n_batch for ctx in self._contexts)
             self._batch = Batch(n_batch)

@@ -15,15 +15,20 @@ tokens so every run makes the same number of tokens.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rast_gguf.engine import RastEngine
 from rast_gguf.errors import PromptTooLongError
 from rast_gguf.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from rast_gguf.speculative import SpecStats
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,7 @@ class GenerationResponse:
         logits: with record_logits, this step's final candidate logits (n_vocab float32, after the delta,
             temperature and truncation; -inf marks removed ids); else None.
         delta: with track_delta, how the small pair moved this step's choice (DeltaStats); else None.
+        speculative: when the engine speculates, the running draft/accept totals (SpecStats); else None.
     """
 
     text: str
@@ -75,6 +81,7 @@ class GenerationResponse:
     finish_reason: str | None = None
     logits: np.ndarray | None = None
     delta: DeltaStats | None = None
+    speculative: "SpecStats | None" = None
 
 
 @dataclass
@@ -91,6 +98,7 @@ class GenerationResult:
     generation_tps: float
     finish_reason: str | None
     step_logits: list[np.ndarray] = field(default_factory=list)
+    speculative: "SpecStats | None" = None
 
 
 class _StopStringFilter:
@@ -191,17 +199,18 @@ def stream_generate(engine: RastEngine, prompt: str | Sequence[int], *, max_toke
     tokens = prompt_tokens_for(engine, prompt)
     t0 = time.perf_counter()
     engine.reset()
-    engine.feed(tokens)
+    # speculating, the last prompt token is decoded inside the first verify batch
+    engine.feed(tokens[:-1] if engine.draft else tokens)
     prompt_tps = len(tokens) / max(time.perf_counter() - t0, 1e-9)
     yield from stream_continue(engine, n_prompt=len(tokens), prompt_tps=prompt_tps, max_tokens=max_tokens,
                                sampling=sampling, stop=stop, record_logits=record_logits, ignore_eos=ignore_eos,
-                               track_delta=track_delta)
+                               track_delta=track_delta, history=tokens)
 
 
 def stream_continue(engine: RastEngine, *, n_prompt: int, prompt_tps: float = 0.0, max_tokens: int = 256,
                     sampling: SamplingParams | None = None, stop: Sequence[str] = (),
                     record_logits: bool = False, ignore_eos: bool = False,
-                    track_delta: bool = False) -> Iterator[GenerationResponse]:
+                    track_delta: bool = False, history: Sequence[int] | None = None) -> Iterator[GenerationResponse]:
     """Generate from the logits of the last token the engine was fed, without resetting anything (a chat
     turn whose prompt was fed incrementally). Each sampled token is fed before the next is drawn; the
     last one is not.
@@ -210,6 +219,8 @@ def stream_continue(engine: RastEngine, *, n_prompt: int, prompt_tps: float = 0.
         engine: an open RastEngine whose last feed() left logits for its last token.
         n_prompt, prompt_tps: only label the responses (GenerationResponse.prompt_tokens / prompt_tps).
         max_tokens, sampling, stop, record_logits, ignore_eos, track_delta: as in stream_generate.
+        history: the tokens the engine's contexts hold; needed when the engine speculates (draft=...),
+            which yields tokens distributed exactly as without it (rast_gguf.speculative).
 
     Yields:
         GenerationResponse, the last one with finish_reason set. The sampler chain is closed when the
@@ -219,6 +230,10 @@ def stream_continue(engine: RastEngine, *, n_prompt: int, prompt_tps: float = 0.
         DecodeError: llama_decode failed. ClosedError: the engine is closed.
     """
     sampling = sampling or SamplingParams()
+    if engine.draft:
+        yield from _stream_speculative(engine, history, n_prompt, prompt_tps, max_tokens, sampling, stop,
+                                       record_logits, ignore_eos, track_delta)
+        return
     sampler = engine.sampler(sampling)
     sampler.set_record(record_logits)
     sampler.set_track_delta(track_delta)
@@ -239,6 +254,22 @@ def stream_continue(engine: RastEngine, *, n_prompt: int, prompt_tps: float = 0.
         sampler.close()
 
 
+def _stream_speculative(engine, history, n_prompt, prompt_tps, max_tokens, sampling, stop, record_logits,
+                        ignore_eos, track_delta) -> Iterator[GenerationResponse]:
+    from rast_gguf.speculative import stream_speculative
+
+    steps = TextSteps(engine.model_large, stop=stop, max_tokens=max_tokens, n_ctx=engine.n_ctx, ignore_eos=ignore_eos)
+    tokens = stream_speculative(engine, history=history or (), max_tokens=max_tokens, sampling=sampling, steps=steps,
+                                record_logits=record_logits, track_delta=track_delta)
+    try:
+        for n_generated, (token, text, finish, logits, delta, stats, gen_tps) in enumerate(tokens, 1):
+            delta = DeltaStats(token, *delta) if delta else None
+            yield GenerationResponse(text, token, n_prompt, prompt_tps, n_generated, gen_tps, finish, logits, delta,
+                                     dataclasses.replace(stats))
+    finally:
+        tokens.close()  # settles the contexts at once, also when the caller stops early
+
+
 def generate(engine: RastEngine, prompt: str | Sequence[int], **kwargs) -> GenerationResult:
     """stream_generate(engine, prompt, **kwargs) collected into one GenerationResult (same arguments and
     errors)."""
@@ -250,4 +281,5 @@ def generate(engine: RastEngine, prompt: str | Sequence[int], **kwargs) -> Gener
         if last.logits is not None:
             step_logits.append(last.logits)
     return GenerationResult("".join(pieces), tokens, last.prompt_tokens, last.prompt_tps,
-                            last.generation_tokens, last.generation_tps, last.finish_reason, step_logits)
+                            last.generation_tokens, last.generation_tps, last.finish_reason, step_logits,
+                            last.speculative)

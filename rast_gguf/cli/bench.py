@@ -30,6 +30,8 @@ def bench_command(
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG bar chart here (needs matplotlib).")] = None,
     from_json: Annotated[Optional[list[Path]], typer.Option("--from-json", help="Run nothing: merge the results of earlier --json files (repeat) into one table, JSON and plot.")] = None,
     threads: o.Threads = None, flash_attn: o.FlashAttn = o.FLASH_ATTN, verbose: o.Verbose = False,
+    speculative: Annotated[bool, typer.Option("--speculative", help="Also time speculative RAST: cycles at fixed accepted lengths on the synthetic models (tok/s per acceptance, beside the large model alone and RAST) and the real acceptance and speedup on the toy triple.")] = False,
+    draft_lengths: Annotated[str, typer.Option("--draft-lengths", help="With --speculative: draft lengths k to time (comma-separated).")] = "1,2,3,4,6,8",
 ) -> None:
     """Time prompt processing and generation against the plain llama.cpp loop: large alone and RAST, batch 1 and --parallel B."""
     from rast_gguf import _llama
@@ -61,9 +63,23 @@ def bench_command(
                            workdir=workdir,
                            modes=tuple(m.strip() for m in modes.split(",") if m.strip()), transformers=transformers,
                            parallel=widths)
-        results.append(run_bench(setup))
+        if speculative:
+            from rast_gguf.bench_spec import cycle_bench
+
+            ks = tuple(int(k) for k in draft_lengths.split(",") if k.strip())
+            results.append({"speculative": cycle_bench(setup, ks=ks)})
+        else:
+            results.append(run_bench(setup))
         if json_out:  # after every configuration, so a cut-off run keeps what it measured
             json_out.write_text(json.dumps(results, indent=2))
+    if speculative:
+        from rast_gguf.bench_spec import toy_acceptance
+
+        results.append({"toy_triple": toy_acceptance(n_threads=threads)})
+        if json_out:
+            json_out.write_text(json.dumps(results, indent=2))
+        print(format_speculative(results))
+        return
     print(format_table(results))
     if plot:
         write_plot(results, plot)
@@ -102,3 +118,23 @@ def format_table(results: list[dict]) -> str:
                         f"{_cell(r.get('tg_ratio_vs_alone'), '.2f')} | {_cell(r.get('gpu_mib'), '')} | "
                         f"{_cell(r.get('host_mib'), '')} |")
     return "\n".join(rows + ([""] + extra if extra else []))
+
+
+def format_speculative(results: list[dict]) -> str:
+    rows = ["| configuration | mode | acceptance | best k | tok/s | vs large alone | vs RAST |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for res in results:
+        spec = res.get("speculative")
+        if not spec:
+            continue
+        rows.append(f"| {spec['config']} | large alone | | | {spec['alone_tps']:.1f} | 1.00 | |")
+        rows.append(f"| {spec['config']} | RAST | | | {spec['rast_tps']:.1f} | {spec['rast_tps'] / spec['alone_tps']:.2f} | 1.00 |")
+        for mode, data in spec["modes"].items():
+            for r in data["by_acceptance"]:
+                rows.append(f"| {spec['config']} | {mode} (forced acceptance) | {r['acceptance']:.1f} | {r['k']} | "
+                            f"{r['tps']:.1f} | {r['vs_alone']:.2f} | {r['vs_rast']:.2f} |")
+    for res in results:
+        for r in res.get("toy_triple", []):
+            rows.append(f"| toy triple, alpha {r['alpha']:g} | speculative RAST (measured) | {r['acceptance']:.2f} | | "
+                        f"{r['speculative_tps']:.1f} | {r['speculative_vs_alone']:.2f} | {r['speedup_vs_rast']:.2f} |")
+    return "\n".join(rows)

@@ -5,7 +5,7 @@ the names are those of rast_gguf.cli.options) and returns a `Setup`: llama.cpp's
 asks, the models resolved (paths, hub references, checkpoints converted once; the built-in triple
 when none is given), the pairs with their alphas and GPU layers, and the sampling settings. Flags
 a command does not have take RastEngine's and SamplingParams' defaults. `setup.engine()` opens the
-RastEngine with the command's context, batch, thread, GPU, flash-attention and overlap flags.
+RastEngine with the command's context, batch, thread, GPU, flash-attention, overlap and --draft flags.
 """
 
 from __future__ import annotations
@@ -57,4 +57,8 @@ def from_flags(flags: dict[str, Any], *, models: bool = True, sampling: Sampling
                                       flags.get("n_gpu_layers", 0), flags.get("n_gpu_layers_small"),
                                       convert_type=flags.get("convert_type"))
     options = {name: flags[flag] for flag, name in _ENGINE_FLAGS.items() if flag in flags}
+    if flags.get("draft") is not None:
+        from rast_gguf.cli.options import draft_params
+
+        options["draft"] = draft_params(flags["draft"], flags["draft_max"], flags["draft_min"], flags["draft_p_min"])
     return Setup(large, pairs, sampling, options)

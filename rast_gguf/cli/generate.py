@@ -21,6 +21,7 @@ def generate_command(
     stop: Annotated[Optional[list[str]], typer.Option("--stop", help="Stop string; repeatable.")] = None,
     ignore_eos: o.IgnoreEos = False, convert_type: o.ConvertType = o.CONVERT_TYPE, verbose: o.Verbose = False,
     overlap: o.Overlap = False,
+    draft: o.Draft = None, draft_max: o.DraftMax = 8, draft_min: o.DraftMin = 0, draft_p_min: o.DraftPMin = 0.0,
 ):
     """Generate a completion with RAST.
 
@@ -39,4 +40,5 @@ def generate_command(
     sys.stdout.write("\n")
     print(f"prompt: {last.prompt_tokens} tokens, {last.prompt_tps:.1f} tokens/s | generation: "
           f"{last.generation_tokens} tokens, {last.generation_tps:.1f} tokens/s | finish: {last.finish_reason} | "
-          f"seed: {sampling.resolved_seed}", file=sys.stderr)
+          f"seed: {sampling.resolved_seed}" + (f" | {last.speculative.line()}" if last.speculative else ""),
+          file=sys.stderr)

@@ -38,3 +38,20 @@ Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="Show llama.cpp's
 TEMP, TOP_K, TOP_P, MIN_P = SamplingParams.temp, SamplingParams.top_k, SamplingParams.top_p, SamplingParams.min_p
 SEED, ORDER = SamplingParams.seed, SamplingParams.order
 FLASH_ATTN = "auto"  # RastEngine's default
+Draft = Annotated[Optional[str], typer.Option("--draft", help="Speculative decoding (same output distribution, fewer sequential decodes): 'tuned' drafts with the first pair's tuned model, 'ngram' with prompt lookup, or a GGUF drafter file. [default: off]", show_default=False)]
+DraftMax = Annotated[int, typer.Option("--draft-max", help="Most tokens drafted per cycle (the length adapts below it to the acceptance rate and the measured verify cost).")]
+DraftMin = Annotated[int, typer.Option("--draft-min", help="Drafts shorter than this are dropped.")]
+DraftPMin = Annotated[float, typer.Option("--draft-p-min", help="Stop a draft when the drafter's top probability falls below this.")]
+
+
+def draft_params(draft: Optional[str], draft_max: int, draft_min: int, draft_p_min: float):
+    """The engine's draft= argument for the --draft* flags (None: no speculation)."""
+    if draft is None:
+        return None
+    from pathlib import Path
+
+    from rast_gguf.hub import resolve_model_ref
+    from rast_gguf.speculative import DRAFT_KINDS, DraftParams
+
+    source = draft if draft in DRAFT_KINDS else str(resolve_model_ref(Path(draft)))
+    return DraftParams(source=source, n_max=draft_max, n_min=draft_min, p_min=draft_p_min)
