@@ -73,3 +73,7 @@ class DatasetError(RastError):
 
 class OutOfMemoryError(RastError):
     """The models would not fit in GPU memory (estimated before anything is loaded)."""
+
+
+class QueueFullError(RastError):
+    """The scheduler's queue holds as many waiting requests as it may; try again later."""

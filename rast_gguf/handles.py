@@ -152,6 +152,12 @@ class Context:
         """Forget positions >= pos of one sequence (so a conversation can be rewound)."""
         C.llama_memory_seq_rm(self._memory, seq_id, pos, -1)
 
+    def copy_sequence(self, src: int, dst: int) -> None:
+        """Make sequence dst a copy of sequence src (all positions; dst's old cells are dropped). With one
+        KV stream per sequence llama.cpp copies the whole stream, at the start of the next decode."""
+        C.llama_memory_seq_rm(self._memory, dst, -1, -1)
+        C.llama_memory_seq_cp(self._memory, src, dst, -1, -1)
+
     def logits(self, idx: int = -1):
         """A numpy copy of one output row of logits (for tests and analysis, not the hot path)."""
         import numpy as np
