@@ -55,9 +55,15 @@ class Inbox:
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self._loop = loop
         self._queue: asyncio.Queue = asyncio.Queue()
+        self.on_dead: Callable[[], None] | None = None  # called once the loop is gone (cancels the ticket)
 
-    def push(self, event) -> None:  # decode thread; raises RuntimeError once the loop is closed
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+    def push(self, event) -> None:  # decode thread
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+        except RuntimeError:  # the event loop is closed: nobody will read this answer
+            if self.on_dead is not None:
+                self.on_dead()
+                self.on_dead = None
 
     async def take(self) -> list:
         """Every event waiting (at least one)."""
@@ -159,6 +165,8 @@ class RastServer:
         self.metrics = metrics or ServerMetrics()
         self.created = int(time.time())
         self._raw_chat: bool | None = None
+        self._open: set = set()  # tickets of requests being answered
+        self.draining = False
         routes = [
             Route("/health", self.health), Route("/v1/health", self.health),
             Route("/v1/models", self.models), Route("/models", self.models),
@@ -221,6 +229,8 @@ class RastServer:
         return response
 
     async def _generate(self, request: Request, parse) -> Response:
+        if self.draining:
+            raise p.ApiError(503, "the server is shutting down", type="server_error", code="shutting_down")
         if not self.backend.ready:
             raise p.ApiError(503, "Loading model", type="unavailable_error", code="loading",
                              headers={"Retry-After": str(RETRY_AFTER_S)})
@@ -244,30 +254,29 @@ class RastServer:
         except RastError as e:
             raise p.bad_request(str(e)) from None
 
+        inbox.on_dead = lambda: scheduler.cancel(ticket)
+        self._open.add(ticket)
         self.metrics.in_flight += 1
         answer = Answer(engine.model_large, len(seqs), req.n_logprobs is not None)
         rid = p.new_id(req.kind)
-        closed = False
 
-        def close() -> None:  # the answer is complete, or its client went away
-            nonlocal closed
-            if closed:
+        def close() -> None:  # the answer is complete, cut by an error or a shutdown, or its client went away
+            if ticket not in self._open:
                 return
-            closed = True
+            self._open.discard(ticket)
             self.metrics.in_flight -= 1
             if not answer.done:
-                self.metrics.cancelled_by_client += 1
                 scheduler.cancel(ticket)
+                if not self.draining:
+                    self.metrics.cancelled_by_client += 1
 
         watcher = asyncio.ensure_future(_on_disconnect(request.receive, close))
         if req.stream:
-            chunks = self._stream(req, rid, answer, inbox, n_prompt_tokens)
-
             def on_close() -> None:
                 watcher.cancel()
                 close()
 
-            return EventStreamResponse(chunks, on_close)
+            return EventStreamResponse(self._stream(req, rid, answer, inbox, n_prompt_tokens), on_close)
         try:
             while not answer.done:
                 for event in await inbox.take():
@@ -276,11 +285,18 @@ class RastServer:
             watcher.cancel()
             close()
         choices = answer.as_choices()
-        if any(c["finish_reason"] == "error" for c in choices):
-            raise p.ApiError(500, "decoding failed inside llama.cpp; see the server's log", type="server_error",
-                             code="decode_error")
+        for c in choices:
+            if c["finish_reason"] in ("error", "cancelled"):
+                raise self._cut_error(c["finish_reason"])
         return JSONResponse(p.response(req, rid, self.config.model_name, choices, n_prompt_tokens,
                                        answer.completion_tokens))
+
+    def _cut_error(self, reason: str) -> p.ApiError:
+        if reason == "error":
+            return p.ApiError(500, "decoding failed inside llama.cpp; see the server's log", type="server_error",
+                              code="decode_error")
+        return p.ApiError(503, "the server is shutting down; the answer was cut", type="server_error",
+                          code="shutting_down")
 
     async def _stream(self, req: p.GenerationRequest, rid: str, answer: Answer, inbox: Inbox,
                       n_prompt_tokens: int) -> AsyncIterator[str]:
@@ -296,10 +312,10 @@ class RastServer:
                 if text or entries:
                     out.append(_sse(p.chunk(req, rid, name, i, text=text, logprobs=entries, text_offset=offsets[i])))
                     offsets[i] += len(text)
-                if event.finish_reason == "error":
-                    out.append(_sse({"error": {"message": "decoding failed inside llama.cpp; see the server's log",
-                                               "type": "server_error", "param": None, "code": "decode_error"}}))
-                elif event.finish_reason is not None:
+                if event.finish_reason in ("error", "cancelled"):  # the whole answer ends here, as an error
+                    yield "".join(out) + _sse(self._cut_error(event.finish_reason).body())
+                    return
+                if event.finish_reason is not None:
                     out.append(_sse(p.chunk(req, rid, name, i, text="" if req.kind != "chat" else None,
                                             finish=event.finish_reason)))
             if out:
@@ -307,6 +323,21 @@ class RastServer:
         if req.include_usage:
             yield _sse(p.usage_chunk(req, rid, name, n_prompt_tokens, answer.completion_tokens))
         yield "data: [DONE]\n\n"
+
+    async def drain(self, grace_s: float, forced: Callable[[], bool]) -> None:
+        """Shutdown: refuse new requests, let open ones finish for grace_s seconds, then cancel the rest
+        (they end with a 'shutting down' error) and wait briefly for their handlers to see it."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while self._open and loop.time() < deadline and not forced():
+            await asyncio.sleep(0.05)
+        if self._open and self.backend.scheduler is not None:
+            for ticket in list(self._open):
+                self.backend.scheduler.cancel(ticket)
+            deadline = loop.time() + 2.0
+            while self._open and loop.time() < deadline and not forced():
+                await asyncio.sleep(0.05)
 
     def _check_model(self, name: str | None) -> None:
         if name is not None and name != self.config.model_name and name not in self.config.accepted_names:

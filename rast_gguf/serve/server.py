@@ -4,13 +4,14 @@
 one-line UsageError, and port 0 picks a free one), starts the `Backend` (the models load while
 /health answers 503), prints one line with the URL once they are loaded, and serves with uvicorn
 until SIGINT or SIGTERM. Then it stops accepting connections, lets requests in flight finish for
-`grace_s` seconds, cancels the rest (their slots are freed at the next step), stops the decode
-thread, frees the engine and returns normally, so the process exits 0. A second Ctrl-C skips the
-grace period. A load that fails stops the server and is raised as the loader's error.
+`grace_s` seconds, cancels the rest (their answers end with a "shutting down" error object and
+their slots are freed at the next step), stops the decode thread, frees the engine and returns
+normally, so the process exits 0. A second Ctrl-C skips the grace period. A load that fails stops the server and is raised as the loader's error.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 import socket
@@ -57,10 +58,10 @@ def run_server(load_engine: Callable[[], object], config: ServeConfig, *, host: 
             server.should_exit = True
 
     backend = Backend(load_engine, max_queue=max_queue, on_ready=on_ready, on_failed=on_failed)
-    app = RastServer(backend, config).app
-    uv_config = uvicorn.Config(app, log_level="info" if verbose else "warning", access_log=verbose,
-                               timeout_graceful_shutdown=grace_s, lifespan="off", loop="asyncio")
-    server = _Server(uv_config)
+    rast = RastServer(backend, config)
+    uv_config = uvicorn.Config(rast.app, log_level="info" if verbose else "warning", access_log=verbose,
+                               timeout_graceful_shutdown=2.0, lifespan="off", loop="asyncio")
+    server = _Server(uv_config, rast, grace_s)
     print(f"rast serve: loading the models; {url}/health answers 503 until they are ready", file=sys.stderr,
           flush=True)
     backend.start()
@@ -75,8 +76,22 @@ def run_server(load_engine: Callable[[], object], config: ServeConfig, *, host: 
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's Server whose signal handling ends in a normal return (uvicorn re-raises the signal
-    after its shutdown, which would make SIGTERM's exit status 143 instead of 0)."""
+    """uvicorn's Server with our shutdown: stop accepting, drain the requests in flight (`RastServer.drain`)
+    and stop the decode thread while the event loop still runs; and signal handling that ends in a
+    normal return (uvicorn re-raises the signal after its shutdown, so SIGTERM would exit with 143)."""
+
+    def __init__(self, config, rast: RastServer, grace_s: float):
+        super().__init__(config)
+        self.rast, self.grace_s = rast, grace_s
+
+    async def shutdown(self, sockets=None) -> None:
+        for server in getattr(self, "servers", []):
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        await self.rast.drain(self.grace_s, lambda: self.force_exit)
+        await super().shutdown()
+        await asyncio.get_running_loop().run_in_executor(None, self.rast.backend.stop)
 
     @contextlib.contextmanager
     def capture_signals(self):
