@@ -18,6 +18,8 @@
 
 namespace nb = nanobind;
 
+void rast_register_step_sampler(nb::module_ & m);  // step_sampler.cpp
+
 template <typename T> static T * from_addr(uintptr_t addr) {
     if (addr == 0) {
         throw std::invalid_argument("null llama handle");
@@ -189,6 +191,7 @@ struct SamplerChain {
 
 NB_MODULE(_ext, m) {
     m.doc() = "C++ part of rast-gguf: the RAST delta sampler as a llama_sampler, and vocab helpers.";
+    rast_register_step_sampler(m);
 
     nb::class_<SamplerChain>(m, "SamplerChain")
         .def(nb::init<uintptr_t, const std::vector<std::tuple<float, uintptr_t, uintptr_t>> &, int32_t,

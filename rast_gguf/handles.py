@@ -197,17 +197,9 @@ class Batch:
 
     def set_entries(self, tokens: list[int], positions: list[int], seq_ids: list[int], logits: list[bool]) -> None:
         """Tokens of several sequences in one batch; entry i is (tokens[i], positions[i], seq_ids[i])."""
-        n = len(tokens)
-        if n > self.n_tokens_max:
-            raise ValueError(f"batch holds {self.n_tokens_max} tokens, got {n}")
-        b = self._batch
-        b.n_tokens = n
-        for i in range(n):
-            b.token[i] = tokens[i]
-            b.pos[i] = positions[i]
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = seq_ids[i]
-            b.logits[i] = logits[i]
+        from rast_gguf import _ext  # after libllama (this module is imported by rast_gguf._llama's users)
+
+        _ext.fill_batch(self.address, self.n_tokens_max, tokens, positions, seq_ids, logits)
 
     def close(self) -> None:
         if getattr(self, "_batch", None) is not None:

@@ -13,8 +13,8 @@ under way for the same prompt, which it joins: the prompt is decoded once and it
 every slot that shares it once the last chunk is in, all of them sampling their first token
 from that one output row. `stats` counts prompt tokens requested vs decoded, slot occupancy and
 RAST's changed choices. A failed decode ends the sequences of that batch ("error", or "context"
-when llama.cpp found no room) and the scheduler goes on. Sampling, one row after another, is
-`rast_gguf.step_sampler`'s job; this module only keeps the books.
+when llama.cpp found no room) and the scheduler goes on. Sampling every row of a step is one call
+to `rast_gguf.step_sampler` (C++, a thread pool); this module only keeps the books.
 """
 
 from __future__ import annotations
@@ -302,7 +302,7 @@ class Scheduler:
             seq = self._waiting.popleft()
             prompt = seq.request.prompt
             self._stats.prompt_tokens_requested += len(prompt)
-            seq.handle = self.sampler.open(seq.request, self.engine)
+            seq.handle = self.sampler.open(seq.request)
             # a prefill of the same prompt under way: wait for its KV
             leader = next((s for s in self._slots if s.todo and s.cache + s.todo == list(prompt)), None)
             if leader is not None:  # its cache is overwritten: take the least useful slot
@@ -368,18 +368,29 @@ class Scheduler:
                 todo.append((row, slot))
         if not todo:
             return
-        results = self.sampler.sample([row for row, _ in todo], [slot.seq.handle for _, slot in todo])
-        for (row, slot), (token, changed, logprob, top) in zip(todo, results):
+        k_max = 0
+        for _, slot in todo:
+            k_max = max(k_max, slot.seq.request.n_logprobs or 0)
+        tokens, changed, logprob, top_ids, top_lp = self.sampler.sample(
+            [row for row, _ in todo], [slot.seq.handle for _, slot in todo], k_max)
+        changed = changed.tolist()
+        self._stats.tokens_generated += len(todo)
+        self._stats.changed_tokens += sum(changed)
+        for i, (token, was_changed) in enumerate(zip(tokens.tolist(), changed)):
+            slot = todo[i][1]
             seq = slot.seq
             text, finish = seq.steps.push(token, len(slot.cache))
-            self._stats.tokens_generated += 1
-            self._stats.changed_tokens += changed
+            lp = top = None
+            if seq.request.n_logprobs is not None:
+                lp = float(logprob[i])
+                if seq.request.n_logprobs > 0:
+                    top = tuple((t, v) for t, v in zip(top_ids[i].tolist(), top_lp[i].tolist()) if t >= 0)
             if finish:
                 self._release(slot)
-                self._finish(seq, token, text, finish, logprob, top, changed)
+                self._finish(seq, token, text, finish, lp, top, was_changed)
             else:
                 slot.next_token = token
-                self._emit(seq, TokenEvent(seq.index, token, text, logprob, top, None, changed))
+                self._emit(seq, TokenEvent(seq.index, token, text, lp, top, None, was_changed))
 
     def _fail_all(self, reason: str) -> None:
         """A batch failed: end every sequence that had a slot and forget those slots' KV."""
