@@ -295,6 +295,8 @@ class RastServer:
         if reason == "error":
             return p.ApiError(500, "decoding failed inside llama.cpp; see the server's log", type="server_error",
                               code="decode_error")
+        if not self.draining:  # its client went away (nginx's 499: nobody reads this answer)
+            return p.ApiError(499, "the client closed the request", code="client_closed")
         return p.ApiError(503, "the server is shutting down; the answer was cut", type="server_error",
                           code="shutting_down")
 
