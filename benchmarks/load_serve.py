@@ -4,7 +4,7 @@ Each client sends one streaming /v1/chat/completions request after another (a to
 stream_options.include_usage) until the time is up; requests started before then run to the end.
 Printed: requests done and failed, 5xx responses, aggregate generated tokens/s (usage tokens of
 all finished requests / wall time), time to first content token p50/p99, and the server's RSS
-before the load (after one warm-up request) and after it. The clients are a small hand-written
+before the load (after a warm-up of one request per client, all at once) and after it. The clients are a small hand-written
 asyncio HTTP/1.1 reader (chunked SSE), so 64 streams cost the client side little CPU.
 
 Start the server yourself and point at it (--url, --pid for RSS), or let the script start one:
@@ -168,6 +168,8 @@ def main() -> None:
     ap.add_argument("--pid", type=int, help="the running server's process id, for its RSS")
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--duration", type=float, default=60.0, help="seconds during which requests are started")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat the load this many times (RSS is read after each: growth vs working set)")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--alpha", type=float)
@@ -200,15 +202,19 @@ async def run(url: str, pid: int | None, args) -> dict:
         req.add_header("Authorization", f"Bearer {args.api_key}")
     with urllib.request.urlopen(req) as r:
         model = json.loads(r.read())["data"][0]["id"]
-    warm = Totals()
-    await client_loop(-1, url, model, args, time.perf_counter() + 1e-9, warm)  # one request
+    warm = Totals()  # one request per client at full concurrency: buffers and pools reach their working size
+    await asyncio.gather(*(client_loop(-1 - i, url, model, args, time.perf_counter() + 1e-9, warm)
+                           for i in range(args.clients)))
     rss_before = rss_mib(pid)
     totals = Totals()
+    rss_rounds = []
     t0 = time.perf_counter()
-    deadline = t0 + args.duration
-    await asyncio.gather(*(client_loop(i, url, model, args, deadline, totals) for i in range(args.clients)))
+    for _ in range(args.rounds):
+        deadline = time.perf_counter() + args.duration
+        await asyncio.gather(*(client_loop(i, url, model, args, deadline, totals) for i in range(args.clients)))
+        rss_rounds.append(rss_mib(pid))
     wall = time.perf_counter() - t0
-    rss_after = rss_mib(pid)
+    rss_after = rss_rounds[-1]
     results = totals.results
     failed = [r for r in results if r.error is not None or r.status != 200]
     ttfts = [r.ttft for r in results if r.ttft is not None]
@@ -219,12 +225,17 @@ async def run(url: str, pid: int | None, args) -> dict:
         "requests": len(results), "failed": len(failed), "http_5xx": sum(500 <= r.status < 600 for r in results),
         "tokens": tokens, "tokens_per_s": round(tokens / wall, 1),
         "ttft_p50_s": percentile(ttfts, 50), "ttft_p99_s": percentile(ttfts, 99),
-        "rss_before_mib": rss_before, "rss_after_mib": rss_after,
+        "rss_before_mib": rss_before, "rss_after_mib": rss_after, "rss_after_each_round_mib": rss_rounds,
+        "warmup_failed": sum(r.error is not None or r.status != 200 for r in warm.results),
         "first_errors": sorted({str(r.error)[:200] for r in failed})[:5],
     }
     for key in ("ttft_p50_s", "ttft_p99_s"):
         if summary[key] is not None:
             summary[key] = round(summary[key], 3)
+    for key in ("rss_before_mib", "rss_after_mib"):
+        if summary[key] is not None:
+            summary[key] = round(summary[key], 1)
+    summary["rss_after_each_round_mib"] = [None if r is None else round(r, 1) for r in rss_rounds]
     return summary
 
 
