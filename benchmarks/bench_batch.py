@@ -66,9 +66,15 @@ def main() -> None:
     ap.add_argument("-ngl", "--n-gpu-layers", type=int, default=0)
     ap.add_argument("-t", "--threads", type=int, default=None)
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--files", nargs=3, metavar=("LARGE", "BASE", "TUNED"), default=None,
+                    help="use these GGUF files (e.g. rast bench's synthetic models) instead of writing a triple")
     args = ap.parse_args()
 
-    large, base, tuned, large_label, small_label = model_triple(args)
+    if args.files:
+        large, base, tuned = map(Path, args.files)
+        large_label, small_label = large.name, f"{tuned.name} - {base.name}"
+    else:
+        large, base, tuned, large_label, small_label = model_triple(args)
     pairs = [DeltaPair(str(tuned), str(base), 1.0, args.n_gpu_layers)]
     lines = records(args.records, args.samples, args.min_tokens, args.max_tokens)
     n_ctx = 64 + args.max_tokens + 64

@@ -151,6 +151,8 @@ class Scheduler:
         self._ids = itertools.count()
         self._step_no = 0
         self._stats = SchedulerStats(n_slots=len(self._slots))
+        self._callback_error: BaseException | None = None
+        self._decoded: list[tuple[_Slot, list[int]]] = []
         self._model = engine.model_large
         for ctx in engine.contexts:  # the scheduler's slots own every sequence from here on
             ctx.remove_from(0, seq_id=-1)
@@ -258,7 +260,11 @@ class Scheduler:
             return True
         for slot, chunk in self._decoded:
             slot.cache.extend(chunk)
-        self._sample(rows)
+        try:
+            self._sample(rows)
+        except Exception:
+            self._fail_all("error")  # no sequence may go on from a step it was not sampled in
+            raise
         self._raise_callback_error()
         return True
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from rast_gguf import _ext
 
-DEFAULT_THREADS = 4
+DEFAULT_THREADS = 8  # rows of a step spread over at most this many threads (the caller included)
 
 
 def _alphas(engine, request) -> list[float]:

@@ -274,3 +274,21 @@ def test_logprobs_and_changed_flags(triple, pairs, alone):
     for e in sampled:
         assert e.top_logprobs is None and e.logprob <= 0 and np.isfinite(e.logprob)
     assert changed == sum(e.changed for e in greedy + sampled)
+
+
+def test_the_kv_cache_of_every_slot_is_counted_before_loading(triple, pairs, monkeypatch):
+    """-c is per sequence: -np 16 needs 16 times the KV cache, and is refused up front when it cannot fit."""
+    from rast_gguf import memory
+    from rast_gguf.errors import OutOfMemoryError
+
+    models = [(triple.large, -1), (triple.tuned, -1), (triple.base, -1)]
+    need = {n: sum(e.total for e in memory.check_fits(models, n_ctx=256 * n, free_bytes=1 << 50))
+            for n in (1, 16)}
+    assert need[16] > need[1]
+    monkeypatch.setattr(memory, "gpu_offload_supported", lambda: True)
+    monkeypatch.setattr(memory, "gpu_free_bytes", lambda: (need[1] + need[16]) // 2 + memory.CUDA_CONTEXT_BYTES)
+    gpu_pairs = [DeltaPair(p.tuned, p.base, p.alpha, -1) for p in pairs]
+    with RastEngine(triple.large, gpu_pairs, n_ctx=256, n_gpu_layers=-1, n_threads=1, n_seq_max=1) as engine:
+        assert engine.n_ctx >= 256
+    with pytest.raises(OutOfMemoryError, match="smaller -c"):
+        RastEngine(triple.large, gpu_pairs, n_ctx=256, n_gpu_layers=-1, n_threads=1, n_seq_max=16)
