@@ -28,7 +28,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-RAST = str(Path(sys.executable).parent / "rast")
+RAST = [sys.executable, "-m", "rast_gguf.cli.app"]  # `rast`, with this interpreter (venv or PYTHONPATH)
 
 
 @dataclass
@@ -151,7 +151,7 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def start_server(serve_args: list[str]) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([RAST, "serve", "--port", "0", *serve_args], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*RAST, "serve", "--port", "0", *serve_args], stdout=subprocess.PIPE, text=True)
     for line in proc.stdout:
         if "listening on http://" in line:
             threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()

@@ -189,6 +189,20 @@ def test_n_choices_are_the_library_answers_with_consecutive_seeds(client, engine
     assert answer.usage.prompt_tokens == refs[0].prompt_tokens  # counted once for the n choices
 
 
+def test_streamed_completion_choices_are_told_apart_by_index(client):
+    kwargs = dict(model=ALIAS, prompt="Hello there", n=2, max_tokens=8, temperature=1.0, seed=9)
+    whole = client.completions.create(**kwargs)
+    texts, finishes = ["", ""], {}
+    for chunk in client.completions.create(**kwargs, stream=True):
+        assert chunk.object == "text_completion"
+        for choice in chunk.choices:
+            texts[choice.index] += choice.text
+            if choice.finish_reason:
+                finishes[choice.index] = choice.finish_reason
+    assert texts == [c.text for c in whole.choices]
+    assert finishes == {c.index: c.finish_reason for c in whole.choices}
+
+
 def test_per_request_alpha_changes_the_answer_as_the_library_and_rast_generate(client, engine, triple):
     prompt = "The answer is"
     texts = {}

@@ -28,8 +28,8 @@ def serve_command(
     n_predict: Annotated[int, typer.Option(
         "-n", "--n-predict", help="Default max_tokens of a request (-1: until the context is full).")] = -1,
     ctx_size: Annotated[int, typer.Option(
-        "-c", "--ctx-size", help="Context of each slot in tokens (prompt + answer), shared by all models; the KV "
-                                 "cache holds -np times this.")] = 4096,
+        "-c", "--ctx-size", help="Context of each slot in tokens (prompt + answer), as in rast batch; the KV cache "
+                                 "holds -np times this (llama-server instead splits -c among its slots).")] = 4096,
     batch_size: o.BatchSize = 512,
     n_gpu_layers: o.NGpuLayers = 0, n_gpu_layers_small: o.NGpuLayersSmall = None, threads: o.Threads = None,
     temp: o.Temp = 0.8, top_k: o.TopK = 40, top_p: o.TopP = 0.95, min_p: o.MinP = 0.05,
