@@ -5,8 +5,8 @@ Routes: POST /v1/chat/completions and /v1/completions (also without the /v1 pref
 generation request is parsed and checked (`protocol`), templated and tokenized on a worker thread
 (the large model's chat template, or plain text for a model without one, as `rast chat --raw`),
 then submitted to the scheduler as one group of `n` sequences per prompt. The decode thread hands
-each TokenEvent to the event loop with `loop.call_soon_threadsafe` into the request's own asyncio
-queue; the handler turns events into one JSON answer or into SSE chunks ending in `data: [DONE]`.
+the TokenEvents of a step to the event loop together (`EventRelay`: one `call_soon_threadsafe`),
+which puts each into its request's own asyncio queue; the handler turns events into one JSON answer or into SSE chunks ending in `data: [DONE]`.
 A client that disconnects cancels its ticket (the scheduler frees the slots at its next step); a
 full queue is a 503 with Retry-After. With an API key every route but /health and /v1/models
 needs `Authorization: Bearer KEY` (or `X-Api-Key: KEY`), as llama-server does.
@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -49,27 +50,57 @@ class ServeConfig:
 
 # ---- from an event of the decode thread to the request's coroutine --------------------------------
 
-class Inbox:
-    """TokenEvents pushed by the decode thread, taken on the event loop."""
+class EventRelay:
+    """Carries TokenEvents from the decode thread to the event loop: events pushed while a delivery is
+    pending join it, so the events of a step, whoever they are for, usually cross in one
+    `call_soon_threadsafe` (one loop wake-up per step, not one per token)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self._loop = loop
-        self._queue: asyncio.Queue = asyncio.Queue()
+        self._lock = threading.Lock()
+        self._pending: list = []  # (inbox, event)
+
+    def push(self, inbox: "Inbox", event) -> None:  # decode thread
+        with self._lock:
+            self._pending.append((inbox, event))
+            if len(self._pending) > 1:
+                return  # a delivery is already scheduled
+        try:
+            self._loop.call_soon_threadsafe(self._deliver)
+        except RuntimeError:  # the event loop is closed: nobody will read these answers
+            with self._lock:
+                dead, self._pending = self._pending, []
+            for inbox, _ in dead:
+                inbox.dead()
+
+    def _deliver(self) -> None:
+        with self._lock:
+            items, self._pending = self._pending, []
+        for inbox, event in items:
+            inbox.queue.put_nowait(event)
+
+
+class Inbox:
+    """The TokenEvents of one request, taken on the event loop."""
+
+    def __init__(self, relay: EventRelay):
+        self._relay = relay
+        self.queue: asyncio.Queue = asyncio.Queue()
         self.on_dead: Callable[[], None] | None = None  # called once the loop is gone (cancels the ticket)
 
     def push(self, event) -> None:  # decode thread
-        try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
-        except RuntimeError:  # the event loop is closed: nobody will read this answer
-            if self.on_dead is not None:
-                self.on_dead()
-                self.on_dead = None
+        self._relay.push(self, event)
+
+    def dead(self) -> None:
+        if self.on_dead is not None:
+            self.on_dead()
+            self.on_dead = None
 
     async def take(self) -> list:
         """Every event waiting (at least one)."""
-        events = [await self._queue.get()]
-        while not self._queue.empty():
-            events.append(self._queue.get_nowait())
+        events = [await self.queue.get()]
+        while not self.queue.empty():
+            events.append(self.queue.get_nowait())
         return events
 
 
@@ -166,6 +197,7 @@ class RastServer:
         self.created = int(time.time())
         self._raw_chat: bool | None = None
         self._open: set = set()  # tickets of requests being answered
+        self._relay: EventRelay | None = None
         self.draining = False
         routes = [
             Route("/health", self.health), Route("/v1/health", self.health),
@@ -241,7 +273,9 @@ class RastServer:
 
         from rast_gguf.errors import PromptTooLongError, QueueFullError, RastError
 
-        inbox = Inbox(asyncio.get_running_loop())
+        if self._relay is None:
+            self._relay = EventRelay(asyncio.get_running_loop())
+        inbox = Inbox(self._relay)
         try:
             ticket = scheduler.submit(seqs, inbox.push)
         except QueueFullError as e:
