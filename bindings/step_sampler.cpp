@@ -60,12 +60,12 @@ void RowPool::work(size_t worker) {
     }
 }
 
-void RowPool::run(size_t n_items, const std::function<void(size_t, size_t)> & fn) {
+void RowPool::run(size_t n_items, const std::function<void(size_t, size_t)> & fn, bool spread_rows) {
     error_ = nullptr;
     fn_ = &fn;
     n_items_ = n_items;
     next_.store(0);
-    const bool spread = n_items > 1 && !threads_.empty();
+    const bool spread = spread_rows && n_items > 1 && !threads_.empty();
     if (spread) {
         std::lock_guard<std::mutex> lock(mutex_);
         pending_ = threads_.size();
@@ -183,7 +183,9 @@ void StepSampler::sample(const std::vector<int32_t> & rows, const std::vector<in
             row_logits_[i * n_ctx + 2 + 2 * k] = b;
         }
     }
-    pool_.run(n, [&](size_t i, size_t worker) { sample_row(i, worker, handles, out); });
+    // waking the workers costs tens of microseconds: only worth it for a few rows of a large vocabulary
+    const bool spread = (double) n * (double) n_ctx * (double) n_shared_ >= 1.0e6;
+    pool_.run(n, [&](size_t i, size_t worker) { sample_row(i, worker, handles, out); }, spread);
 }
 
 namespace {

@@ -34,7 +34,8 @@ class RowPool {
     explicit RowPool(size_t n_workers);
     ~RowPool();
     size_t size() const { return threads_.size() + 1; }
-    void run(size_t n_items, const std::function<void(size_t, size_t)> & fn);
+    // spread = false: every item on the caller (work too small to pay for waking threads)
+    void run(size_t n_items, const std::function<void(size_t, size_t)> & fn, bool spread = true);
 
   private:
     void work(size_t worker);

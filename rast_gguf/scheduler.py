@@ -121,6 +121,27 @@ class _Slot:
         return bool(self.todo)
 
 
+class _VocabCache:
+    """The large model's token bytes and end-of-generation flags, looked up once per id (TextSteps' model)."""
+
+    def __init__(self, model):
+        self._model = model
+        self._bytes: dict[int, bytes] = {}
+        self._eog: dict[int, bool] = {}
+
+    def token_bytes(self, token: int) -> bytes:
+        piece = self._bytes.get(token)
+        if piece is None:
+            piece = self._bytes[token] = self._model.token_bytes(token)
+        return piece
+
+    def is_eog(self, token: int) -> bool:
+        eog = self._eog.get(token)
+        if eog is None:
+            eog = self._eog[token] = self._model.is_eog(token)
+        return eog
+
+
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
     for i in range(n):
@@ -153,7 +174,7 @@ class Scheduler:
         self._stats = SchedulerStats(n_slots=len(self._slots))
         self._callback_error: BaseException | None = None
         self._decoded: list[tuple[_Slot, list[int]]] = []
-        self._model = engine.model_large
+        self._model = _VocabCache(engine.model_large)
         for ctx in engine.contexts:  # the scheduler's slots own every sequence from here on
             ctx.remove_from(0, seq_id=-1)
         engine.n_past = 0
@@ -269,6 +290,8 @@ class Scheduler:
         return True
 
     def _take_incoming(self) -> None:
+        if not self._incoming and not self._cancelled:  # a racy peek is fine: what it misses, the next step sees
+            return
         with self._lock:
             groups, self._incoming = list(self._incoming), collections.deque()
             cancelled, self._cancelled = self._cancelled, []

@@ -185,3 +185,17 @@ def test_a_worker_exception_reaches_the_caller_after_every_worker_stopped():
         with pytest.raises(RuntimeError, match=f"row {fail_at} failed"):
             _ext._row_pool_check(4, 64, fail_at)
     assert _ext._row_pool_check(4, 64, -1) == 64  # the pool still works afterwards
+
+
+def test_many_rows_spread_over_the_pool_match_numpy(stepped):
+    """Enough rows that the pool's threads share them (greedy rows, per-row alpha, every output row)."""
+    engine, rows, logits, excluded = stepped
+    sampler = StepSampler(engine, n_threads=4)
+    alphas = [-1.0, 0.0, 0.5, 2.0, 1.0]
+    n = 600
+    handles = [sampler.open(request(alpha=alphas[i % len(alphas)], n_logprobs=0)) for i in range(n)]
+    tokens, changed, logprob, _, _ = sampler.sample([rows[i % len(rows)] for i in range(n)], handles)
+    for i in range(n):
+        a = alphas[i % len(alphas)]
+        want = log_softmax(combined(logits, i % len(rows), [a, a], engine.n_shared, excluded))
+        assert tokens[i] == np.argmax(want) and logprob[i] == pytest.approx(want.max(), abs=1e-4)
