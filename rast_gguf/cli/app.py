@@ -18,6 +18,7 @@ from rast_gguf.cli.eval import eval_command
 from rast_gguf.cli.analyze import analyze_command
 from rast_gguf.cli.generate import generate_command
 from rast_gguf.cli.pull import pull_command
+from rast_gguf.cli.serve import serve_command
 
 app = typer.Typer(name="rast", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="RAST decoding for GGUF models: large base + alpha * (small RL-tuned - small base).",
@@ -34,6 +35,7 @@ app.command("quantize")(quantize_command)
 app.command("demo")(demo_command)
 app.command("eval")(eval_command)
 app.command("analyze")(analyze_command)
+app.command("serve")(serve_command)
 
 
 def _usage_error_types() -> tuple[type, ...]:
