@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (issue 10, the throughput engine): CUDA llama-cpp-python + rast-gguf via
-# benchmarks/gpu_setup.sh, then every ratio of the issue, each against the plain llama.cpp loop:
+# benchmarks/gpu_run.sh, then every ratio of the issue, each against the plain llama.cpp loop:
 #   bench  - rast bench -ngl 99 --parallel 1,8,32 for 7B Q4_K_M + 1.5B Q8_0 and + 0.5B Q8_0:
 #            batch-1 ms/token of plain / plain3 / alone / RAST (host overhead), tok/s at B=8, 32,
 #            shared-prompt prefill, mixed-length occupancy   -> $OUT/bench_throughput.json
@@ -9,7 +9,9 @@
 # Usage: bash benchmarks/gpu_throughput.sh [bench|batch|all]   (default all; each stage < 10 min)
 set -uo pipefail
 STAGE=${1:-all}
-source benchmarks/gpu_setup.sh
+# set up the CUDA build through benchmarks/gpu_run.sh (its settings apply), then run the rest of this script
+[ -n "${RAST_GPU_READY:-}" ] || RAST_GPU_READY=1 exec bash benchmarks/gpu_run.sh bash "$0" "$@"
+REPO=$PWD
 cd /tmp
 RAST=(python3 -c "from rast_gguf.cli.app import main; main()")
 if [ "$STAGE" = bench ] || [ "$STAGE" = all ]; then
