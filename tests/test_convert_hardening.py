@@ -92,7 +92,7 @@ def test_ctrl_c_or_error_during_quantization_leaves_no_partial_output(triple, tm
 
 
 def test_exception_in_the_middle_of_a_convert_leaves_nothing(model, tmp_path, monkeypatch):
-    import rast_gguf.quantize
+    import rast_convert.convert
     from rast_convert import gguf_output
 
     out_dir = tmp_path / "out"
@@ -104,7 +104,7 @@ def test_exception_in_the_middle_of_a_convert_leaves_nothing(model, tmp_path, mo
         assert os.path.getsize(src) > 0
         raise RuntimeError("injected")
 
-    monkeypatch.setattr(rast_gguf.quantize, "quantize_gguf", fail_after_intermediate)
+    monkeypatch.setattr(rast_convert.convert, "quantize", fail_after_intermediate)  # the K-quant stage
     with pytest.raises(RuntimeError, match="injected"):
         convert_hf_to_gguf(model, out_dir / "m.gguf", out_type="q4_k_m", progress=False)
     assert len(seen) == 1 and len(seen[0]) == 1 and seen[0][0].startswith(".m.gguf.")  # the temp folder
