@@ -26,7 +26,7 @@ from pathlib import Path
 from rast_gguf.chat_template import check_messages, render_messages
 from rast_gguf.engine import RastEngine
 from rast_gguf.errors import ChatFileError, ContextFullError, UsageError
-from rast_gguf.generate import GenerationResponse, stream_continue
+from rast_gguf.generate import GenerationResponse, common_prefix, stream_continue
 from rast_gguf.sampling import SamplingParams, check_alpha
 
 SAVE_FORMAT = "rast-chat/1"
@@ -42,14 +42,6 @@ class TurnStats:
     finish_reason: str | None = None
     changed_tokens: int = 0     # answer tokens where RAST's pick differs from the large model's (track_delta)
     speculative: object = None  # SpecStats of the answer, when the engine speculates
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 class ChatSession:

@@ -157,6 +157,15 @@ class TextSteps:
         return self.stops.flush() + self.decoder.decode(b"", final=True)
 
 
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token sequences (how much of a cache can be kept)."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
 def prompt_tokens_for(engine: RastEngine, prompt: str | Sequence[int]) -> list[int]:
     tokens = engine.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
     if not tokens:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from rast_gguf.engine import RastEngine
 from rast_gguf.errors import PromptTooLongError, QueueFullError, RastError, UsageError
-from rast_gguf.generate import TextSteps
+from rast_gguf.generate import TextSteps, common_prefix
 from rast_gguf.sampling import SamplingParams, check_alpha
 
 
@@ -140,14 +140,6 @@ class _VocabCache:
         if eog is None:
             eog = self._eog[token] = self._model.is_eog(token)
         return eog
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 # A cached prefix is copied from another slot (a whole KV stream) only when it saves this many tokens.
@@ -337,18 +329,18 @@ class Scheduler:
             if leader is not None:  # its cache is overwritten: take the least useful slot
                 slot = min(free, key=lambda s: (len(s.cache), s.last_used))
             else:
-                slot = max(free, key=lambda s: (_common_prefix(s.cache, prompt), -s.last_used))
+                slot = max(free, key=lambda s: (common_prefix(s.cache, prompt), -s.last_used))
             slot.seq, seq.slot, slot.last_used = seq, slot, self._step_no
             if leader is not None:
                 slot.leader = leader
                 leader.followers.append(slot)
                 slot.cache = []
                 continue
-            keep = min(_common_prefix(slot.cache, prompt), len(prompt) - 1)
+            keep = min(common_prefix(slot.cache, prompt), len(prompt) - 1)
             donor = max((s for s in self._slots if s is not slot and s.leader is None), default=None,
-                        key=lambda s: _common_prefix(s.cache, prompt))
+                        key=lambda s: common_prefix(s.cache, prompt))
             if donor is not None:
-                donor_keep = min(_common_prefix(donor.cache, prompt), len(prompt) - 1)
+                donor_keep = min(common_prefix(donor.cache, prompt), len(prompt) - 1)
                 if donor_keep >= keep + MIN_COPY_GAIN:
                     for ctx in self.engine.contexts:
                         ctx.copy_sequence(donor.seq_id, slot.seq_id)
