@@ -51,6 +51,10 @@ class BatchOutputError(RastError):
     """A batch output file that cannot be resumed (not JSONL records of ours)."""
 
 
+class ShardMergeError(RastError):
+    """Shard outputs of a batch that do not add up to its input (missing or duplicated ids)."""
+
+
 class HubError(RastError):
     """A hub reference that is malformed, names a missing repo or file, or cannot be fetched."""
 
