@@ -18,17 +18,37 @@ import os
 from collections.abc import Sequence
 
 from rast_gguf import _ext, memory
+from rast_gguf import rpc as rpc_backend
 from rast_gguf.errors import PromptTooLongError, UsageError
 from rast_gguf.handles import FLASH_ATTN_TYPES, Batch, Context, Model
 from rast_gguf.sampling import DeltaPair, SamplingParams, check_alpha
 from rast_gguf.vocab import check_vocabularies
 
 
+def check_tensor_split(tensor_split: Sequence[float] | None, devices: Sequence[int] | None) -> list[float] | None:
+    """llama.cpp's -ts: one non-negative share per offload device, not all zero."""
+    if not tensor_split:
+        return None
+    split = [float(x) for x in tensor_split]
+    if any(not x >= 0 or x == float("inf") for x in split) or not any(split):
+        raise UsageError(f"--tensor-split takes non-negative shares, not all 0, got {','.join(map(str, tensor_split))}")
+    n_devices = len(devices) if devices is not None else len(rpc_backend.local_gpu_devices())
+    if len(split) > max(n_devices, 1):
+        raise UsageError(f"--tensor-split gives {len(split)} shares but the large model has {n_devices} devices to "
+                         "offload to (RPC servers' devices first, then local GPUs)")
+    return split
+
+
 class RastEngine:
     def __init__(self, large: str | os.PathLike, pairs: Sequence[DeltaPair] = (), *, n_ctx: int = 4096,
                  n_batch: int = 512, n_threads: int | None = None, n_gpu_layers: int = 0,
-                 flash_attn: str = "auto", n_seq_max: int = 1, overlap: bool = False):
+                 flash_attn: str = "auto", n_seq_max: int = 1, overlap: bool = False,
+                 rpc: Sequence[str] = (), rpc_small: Sequence[str] = (), tensor_split: Sequence[float] | None = None):
+        """`rpc`: HOST:PORT of llama.cpp RPC servers whose devices take the large model's offloaded
+        layers with the local GPUs (split by `tensor_split`, else by free memory, as llama.cpp);
+        `rpc_small`: the same for the small models (local by default). See rast_gguf.rpc."""
         self._models: list[Model] = []
+        self._rpc_guard: rpc_backend.Guard | None = None
         self._decoder: _ext.ParallelDecoder | None = None
         self._contexts: list[Context] = []
         self._batch: Batch | None = None
@@ -49,16 +69,29 @@ class RastEngine:
                 model.close()
             self._models.clear()
 
+            self.remote = rpc_backend.connect(rpc) if rpc else []
+            self.remote_small = rpc_backend.connect(rpc_small) if rpc_small else []
+            if rpc or rpc_small:  # timeouts on llama.cpp's connections, one line if a server is lost
+                self._rpc_guard = rpc_backend.Guard(list(dict.fromkeys([*rpc, *rpc_small])))
+            devices_large = rpc_backend.model_devices(self.remote)
+            devices_small = rpc_backend.model_devices(self.remote_small)
+            tensor_split = check_tensor_split(tensor_split, devices_large)
+
             # refuse up front, with the estimate, rather than fail inside llama.cpp's allocator
-            memory.check_fits([(large, n_gpu_layers)] + [(path, p.n_gpu_layers) for p in self.pairs
-                                                          for path in (p.tuned, p.base)],
-                              n_ctx=n_ctx * n_seq_max, n_batch=n_batch)
-            self.model_large = self._load(large, n_gpu_layers)
+            local_gpu = not (rpc or rpc_small) or memory.gpu_offload_supported()
+            ngl_large = n_gpu_layers if local_gpu or self.remote else 0  # where -ngl can put layers at all
+            memory.check_fits([(large, ngl_large)] + [(path, p.n_gpu_layers if local_gpu or self.remote_small else 0)
+                                                       for p in self.pairs for path in (p.tuned, p.base)],
+                              n_ctx=n_ctx * n_seq_max, n_batch=n_batch,
+                              remote_free_bytes=sum(d.free_bytes for d in self.remote) if self.remote else None)
+            self.model_large = self._load(large, n_gpu_layers, devices=devices_large, tensor_split=tensor_split)
             self.ctx_large = self._context(self.model_large, n_ctx, n_batch, n_threads)
             self.pair_contexts: list[tuple[Context, Context]] = []
             for pair in self.pairs:
-                tuned = self._context(self._load(pair.tuned, pair.n_gpu_layers), n_ctx, n_batch, n_threads)
-                base = self._context(self._load(pair.base, pair.n_gpu_layers), n_ctx, n_batch, n_threads)
+                tuned = self._context(self._load(pair.tuned, pair.n_gpu_layers, devices=devices_small), n_ctx,
+                                      n_batch, n_threads)
+                base = self._context(self._load(pair.base, pair.n_gpu_layers, devices=devices_small), n_ctx,
+                                     n_batch, n_threads)
                 self.pair_contexts.append((tuned, base))
             self.n_ctx = self.ctx_large.n_ctx_seq  # per sequence
             n_batch = min(ctx.n_batch for ctx in self._contexts)
@@ -72,8 +105,8 @@ class RastEngine:
         self.n_past = 0
         self.n_decoded = 0  # tokens decoded by feed() over the engine's life (each in every context)
 
-    def _load(self, path, n_gpu_layers: int, vocab_only: bool = False) -> Model:
-        model = Model(path, n_gpu_layers=n_gpu_layers, vocab_only=vocab_only)
+    def _load(self, path, n_gpu_layers: int, vocab_only: bool = False, **placement) -> Model:
+        model = Model(path, n_gpu_layers=n_gpu_layers, vocab_only=vocab_only, **placement)
         self._models.append(model)
         return model
 
@@ -164,6 +197,9 @@ class RastEngine:
         for model in reversed(self._models):
             model.close()
         self._models.clear()
+        if getattr(self, "_rpc_guard", None) is not None:
+            self._rpc_guard.close()
+            self._rpc_guard = None
 
     def __enter__(self) -> "RastEngine":
         return self

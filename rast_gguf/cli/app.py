@@ -18,6 +18,7 @@ from rast_gguf.cli.eval import eval_command
 from rast_gguf.cli.analyze import analyze_command
 from rast_gguf.cli.generate import generate_command
 from rast_gguf.cli.pull import pull_command
+from rast_gguf.cli.rpc_server import rpc_server_command
 
 app = typer.Typer(name="rast", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="RAST decoding for GGUF models: large base + alpha * (small RL-tuned - small base).",
@@ -34,6 +35,7 @@ app.command("quantize")(quantize_command)
 app.command("demo")(demo_command)
 app.command("eval")(eval_command)
 app.command("analyze")(analyze_command)
+app.command("rpc-server")(rpc_server_command)
 
 # `rast batch merge ...` is its own small app: `batch` takes a positional IN.jsonl, which a click group
 # with a `merge` subcommand could not also take

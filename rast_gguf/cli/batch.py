@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from rast_gguf.cli import options as o
-from rast_gguf.cli.models import resolve_models
+from rast_gguf.cli.models import placement, resolve_models
 
 
 def batch_command(
@@ -27,6 +27,7 @@ def batch_command(
     large: o.Large = None, base: o.Base = None, tuned: o.Tuned = None, alpha: o.Alpha = None,
     n_predict: o.NPredict = 256, ctx_size: o.CtxSize = 4096, batch_size: o.BatchSize = 512,
     n_gpu_layers: o.NGpuLayers = 0, n_gpu_layers_small: o.NGpuLayersSmall = None, threads: o.Threads = None,
+    rpc: o.Rpc = None, rpc_small: o.RpcSmall = None, tensor_split: o.TensorSplit = None,
     temp: o.Temp = 0.8, top_k: o.TopK = 40, top_p: o.TopP = 0.95, min_p: o.MinP = 0.05,
     seed: Annotated[int, typer.Option("-s", "--seed", help="Seed; each sample's own seed is derived from it, the "
                                       "record id and the sample index, so runs repeat exactly.")] = 0,
@@ -66,7 +67,8 @@ def batch_command(
         where = f" (shard {this_shard}: {len(records)} of {n_input} records)"
     large_path, pairs = resolve_models(large, base, tuned, alpha, n_gpu_layers, n_gpu_layers_small)
     with RastEngine(large_path, pairs, n_ctx=ctx_size, n_batch=batch_size, n_threads=threads,
-                    n_gpu_layers=n_gpu_layers, n_seq_max=parallel, overlap=overlap) as engine:
+                    n_gpu_layers=n_gpu_layers, **placement(rpc, rpc_small, tensor_split),
+                    n_seq_max=parallel, overlap=overlap) as engine:
         summary = run_batch(engine, records, output, problems=problems, strict=strict, progress=progress)
     skipped = f", {len(summary.bad_lines)} bad lines skipped" if summary.bad_lines else ""
     print(f"{output}{where}: wrote {summary.n_written} records ({summary.n_resumed} already there{skipped}) | "

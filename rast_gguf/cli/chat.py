@@ -15,7 +15,7 @@ from typing import Annotated, Optional, TextIO
 import typer
 
 from rast_gguf.cli import options as o
-from rast_gguf.cli.models import resolve_models
+from rast_gguf.cli.models import placement, resolve_models
 
 PROMPT = ">>> "
 HELP = """commands:
@@ -37,6 +37,7 @@ def chat_command(
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Generate past end-of-generation tokens (until -n).")] = False,
     n_predict: o.NPredict = 512, ctx_size: o.CtxSize = 4096, batch_size: o.BatchSize = 512,
     n_gpu_layers: o.NGpuLayers = 0, n_gpu_layers_small: o.NGpuLayersSmall = None, threads: o.Threads = None,
+    rpc: o.Rpc = None, rpc_small: o.RpcSmall = None, tensor_split: o.TensorSplit = None,
     temp: o.Temp = 0.8, top_k: o.TopK = 40, top_p: o.TopP = 0.95, min_p: o.MinP = 0.05,
     seed: o.Seed = 0xFFFFFFFF, sampler_order: o.SamplerOrder = "llama", verbose: o.Verbose = False, overlap: o.Overlap = False,
 ):
@@ -57,7 +58,8 @@ def chat_command(
         print("the built-in toy models have no chat template: chatting in --raw mode", file=sys.stderr)
     large_path, pairs = resolve_models(large, base, tuned, alpha, n_gpu_layers, n_gpu_layers_small)
     with RastEngine(large_path, pairs, n_ctx=ctx_size, n_batch=batch_size, n_threads=threads,
-                    n_gpu_layers=n_gpu_layers, overlap=overlap) as engine:
+                    n_gpu_layers=n_gpu_layers, **placement(rpc, rpc_small, tensor_split),
+                    overlap=overlap) as engine:
         session = ChatSession(engine, system=system, raw=raw, sampling=sampling, max_tokens=n_predict,
                               ignore_eos=ignore_eos, track_delta=show_delta)
         alphas = ", ".join(f"{p.alpha:g}" for p in engine.pairs) or "none"

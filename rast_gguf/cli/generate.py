@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from rast_gguf.cli import options as o
-from rast_gguf.cli.models import resolve_models
+from rast_gguf.cli.models import placement, resolve_models
 
 
 def generate_command(
@@ -16,6 +16,7 @@ def generate_command(
     large: o.Large = None, base: o.Base = None, tuned: o.Tuned = None, alpha: o.Alpha = None,
     n_predict: o.NPredict = 256, ctx_size: o.CtxSize = 4096, batch_size: o.BatchSize = 512,
     n_gpu_layers: o.NGpuLayers = 0, n_gpu_layers_small: o.NGpuLayersSmall = None, threads: o.Threads = None,
+    rpc: o.Rpc = None, rpc_small: o.RpcSmall = None, tensor_split: o.TensorSplit = None,
     temp: o.Temp = 0.8, top_k: o.TopK = 40, top_p: o.TopP = 0.95, min_p: o.MinP = 0.05,
     seed: o.Seed = 0xFFFFFFFF, sampler_order: o.SamplerOrder = "llama",
     stop: Annotated[Optional[list[str]], typer.Option("--stop", help="Stop string; repeatable.")] = None,
@@ -36,7 +37,8 @@ def generate_command(
     large_path, pairs = resolve_models(large, base, tuned, alpha, n_gpu_layers, n_gpu_layers_small)
     last = None
     with RastEngine(large_path, pairs, n_ctx=ctx_size, n_batch=batch_size, n_threads=threads,
-                    n_gpu_layers=n_gpu_layers, overlap=overlap) as engine:
+                    n_gpu_layers=n_gpu_layers, **placement(rpc, rpc_small, tensor_split),
+                    overlap=overlap) as engine:
         for last in stream_generate(engine, prompt, max_tokens=n_predict, sampling=sampling, stop=stop or ()):
             sys.stdout.write(last.text)
             sys.stdout.flush()
