@@ -93,6 +93,8 @@ class RastEngine:
                 base = self._context(self._load(pair.base, pair.n_gpu_layers, devices=devices_small), n_ctx,
                                      n_batch, n_threads)
                 self.pair_contexts.append((tuned, base))
+            if self._rpc_guard is not None:  # now, before any decode waits on a server
+                self._rpc_guard.apply()
             self.n_ctx = self.ctx_large.n_ctx_seq  # per sequence
             n_batch = min(ctx.n_batch for ctx in self._contexts)
             self._batch = Batch(n_batch)

@@ -326,8 +326,13 @@ def set_socket_timeouts(endpoints: Sequence[str], seconds: float) -> int:
     n_set = 0
     for name in os.listdir(fd_dir):
         try:
-            sock = socket.socket(fileno=os.dup(int(name)))
+            dup = os.dup(int(name))
         except OSError:
+            continue  # closed meanwhile
+        try:
+            sock = socket.socket(fileno=dup)
+        except OSError:  # not a socket
+            os.close(dup)
             continue
         try:
             if sock.type == socket.SOCK_STREAM and sock.getpeername()[:2] in peers:
