@@ -12,8 +12,9 @@ Then each placement once more through a counting TCP relay between client and se
 requests the client waited on per token (a round trip each: a real network adds its RTT to every
 one) and the bytes each way per token. Wire time per token ~ round trips x RTT + bytes / bandwidth.
 
-    python benchmarks/bench_rpc.py                 # -ngl 99: the output matrix (logits) remote too
-    python benchmarks/bench_rpc.py --ngl 8         # 8 = n_layer: only the hidden state crosses
+    python benchmarks/bench_rpc.py                 # -ngl 99: every layer and the output matrix remote
+    python benchmarks/bench_rpc.py --ngl 4         # llama.cpp offloads the output matrix first, then
+                                                   # the last layers: the logits still come back
 """
 
 from __future__ import annotations

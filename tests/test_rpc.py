@@ -21,7 +21,7 @@ import pytest
 
 from oracle import log_softmax
 from test_oracle import FULL_DISTRIBUTION, PROMPT, oracle_logprobs
-from rast_gguf import DeltaPair, RastEngine, SamplingParams, generate, rpc
+from rast_gguf import DeltaPair, RastEngine, SamplingParams, _llama, generate, rpc
 from rast_gguf.errors import RpcError, UsageError
 
 RAST = Path(sys.executable).parent / "rast"
@@ -70,10 +70,11 @@ def pair(t, alpha=0.5):
     return [DeltaPair(str(t.tuned), str(t.base), alpha)]
 
 
-def test_this_build_has_the_rpc_backend_of_its_header():
+def test_this_build_has_the_rpc_backend_and_speaks_its_servers_version(servers):
     assert rpc.supported()  # scripts/setup.sh builds llama-cpp-python with -DGGML_RPC=on
-    major, minor, patch = rpc.protocol_version()
-    assert major >= 1 and minor >= 0 and patch >= 0
+    for endpoint in servers:
+        version, seconds = rpc.hello(endpoint)
+        assert version == rpc.protocol_version() and seconds > 0
 
 
 def test_endpoint_lists():
@@ -151,7 +152,7 @@ def test_unreachable_server_is_one_line_from_the_cli(triple):
                                                 f"there (rast rpc-server --host ADDRESS --port {port}) or fix --rpc"]
 
 
-def test_large_model_split_over_two_servers_and_local_matches_local_and_oracle(triple, servers):
+def test_large_model_split_over_two_servers_and_local_matches_local_and_oracle(triple, servers, capsys):
     """-ngl 2 of the large model's 3 layers: layer 0 stays local, layers 1 and 2 go to the two servers."""
     sampling = SamplingParams(temp=1.0, seed=1234, **FULL_DISTRIBUTION)
     with RastEngine(triple.large, pair(triple), n_ctx=256, n_threads=2, flash_attn="off") as local:
@@ -164,6 +165,20 @@ def test_large_model_split_over_two_servers_and_local_matches_local_and_oracle(t
         result = generate(remote, PROMPT, max_tokens=40, record_logits=True, ignore_eos=True, sampling=sampling)
         n_shared = remote.n_shared
     assert len(greedy_local) >= 16 and greedy_remote == greedy_local
+
+    # --rpc-small: the small pair's layers on the second server, the large model's on the first
+    _llama.set_verbose(True)
+    try:
+        with RastEngine(triple.large, [DeltaPair(str(triple.tuned), str(triple.base), 0.5, -1)], n_ctx=256,
+                        n_threads=2, flash_attn="off", n_gpu_layers=99, rpc=servers[:1],
+                        rpc_small=servers[1:]) as split:
+            greedy_split = generate(split, PROMPT, max_tokens=40, sampling=SamplingParams(temp=0)).tokens
+    finally:
+        _llama.set_verbose(False)
+    log = capsys.readouterr().err
+    assert greedy_split == greedy_local
+    assert log.count(f"[{servers[0]}] model buffer size") == 1  # the large model
+    assert log.count(f"[{servers[1]}] model buffer size") == 2  # base and tuned
     expected = oracle_logprobs(triple, result.tokens, prompt_tokens, 0.5, n_shared)
     worst = 0.0
     for got_logits, want in zip(result.step_logits, expected):
@@ -183,7 +198,8 @@ def test_cli_places_layers_on_both_servers_and_prints_the_local_output(triple, s
     assert local.returncode == 0 and remote.returncode == 0, remote.stderr[-2000:]
     assert remote.stdout == local.stdout and len(local.stdout.strip()) > 0
     # llama.cpp's own load log: weights in both servers' buffers
-    assert "RPC0" in remote.stderr and "RPC1" in remote.stderr and "model buffer size" in remote.stderr
+    for endpoint in servers:
+        assert f"[{endpoint}] model buffer size" in remote.stderr, remote.stderr[-3000:]
 
 
 def test_doctor_lists_remote_devices(servers):
