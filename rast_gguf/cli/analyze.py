@@ -10,6 +10,7 @@ import typer
 
 from rast_gguf.cli import datasets as d
 from rast_gguf.cli import options as o
+from rast_gguf.cli.models import placement
 
 
 def analyze_command(
@@ -20,6 +21,7 @@ def analyze_command(
     large_rl: d.LargeRL = None, template: d.Template = None, question_key: d.QuestionKey = "question",
     answer_key: d.AnswerKey = "answer", limit: d.Limit = None,
     top: Annotated[int, typer.Option("--top", help="Tokens listed per table.")] = 15,
+    rpc: o.Rpc = None, rpc_small: o.RpcSmall = None, tensor_split: o.TensorSplit = None,
     n_predict: o.NPredict = 512, ctx_size: o.CtxSize = 2048, n_gpu_layers: o.NGpuLayers = 0,
     threads: o.Threads = None, verbose: o.Verbose = False,
 ):
@@ -40,7 +42,8 @@ def analyze_command(
     prompts = [work.template.format(question=p.question) for p in work.problems]
     analysis = analyze(str(work.large), str(work.base), str(work.tuned), prompts, alpha=alpha, max_tokens=n_predict,
                        top=top, large_rl=str(work.large_rl) if work.large_rl else None, n_ctx=ctx_size,
-                       n_threads=threads, n_gpu_layers=n_gpu_layers)
+                       n_threads=threads, n_gpu_layers=n_gpu_layers,
+                       placement=placement(rpc, rpc_small, tensor_split))
     written = write_analysis(analysis, output)
     print(markdown(analysis))
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)

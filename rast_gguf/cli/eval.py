@@ -10,6 +10,7 @@ import typer
 
 from rast_gguf.cli import datasets as d
 from rast_gguf.cli import options as o
+from rast_gguf.cli.models import placement
 
 
 def eval_command(
@@ -27,6 +28,7 @@ def eval_command(
     stop: Annotated[Optional[list[str]], typer.Option("--stop", help="Stop string; repeatable.")] = None,
     parallel: Annotated[int, typer.Option("-np", "--parallel", help="Sequences decoded together.")] = 8,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")] = True,
+    rpc: o.Rpc = None, rpc_small: o.RpcSmall = None, tensor_split: o.TensorSplit = None,
     n_predict: o.NPredict = 1024, ctx_size: o.CtxSize = 2048, n_gpu_layers: o.NGpuLayers = 0,
     threads: o.Threads = None, temp: o.Temp = 0.0, top_k: o.TopK = 0, top_p: o.TopP = 1.0, min_p: o.MinP = 0.0,
     seed: o.Seed = 0, sampler_order: o.SamplerOrder = "reference", verbose: o.Verbose = False,
@@ -53,7 +55,8 @@ def eval_command(
                                large_rl=optional(work.large_rl), small_alone=small_alone)
     report = evaluate(configs, work.problems, output, template=work.template, n=samples, sampling=sampling,
                       max_tokens=n_predict, stop=stop or (), n_parallel=parallel, n_ctx=ctx_size, n_threads=threads,
-                      n_gpu_layers=n_gpu_layers, progress=progress, grader=work.grader, dataset_name=work.name)
+                      n_gpu_layers=n_gpu_layers, progress=progress, grader=work.grader, dataset_name=work.name,
+                      placement=placement(rpc, rpc_small, tensor_split))
     written = write_report(report, output)
     print(markdown_table(report))
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
