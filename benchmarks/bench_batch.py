@@ -1,13 +1,17 @@
-"""Aggregate generation speed of `rast batch` with 1, 4 and 16 parallel sequences, side by side.
+"""`rast batch`'s throughput on the workload of issue 10 against the plainest llama.cpp loop.
 
-The same records (n samples each, EOS ignored so every sample makes exactly -n tokens) go through
-`rast_gguf.batch.run_batch` on one RAST engine per setting (models loaded once, outside the
-timing); the settings take turns over the repeats and the median is printed. tokens/s counts
-generated tokens over the whole run (prompts included in the time). Synthetic models with Qwen2.5's
-vocabulary size by default, written once into a cache folder.
+Records with n samples each and max_tokens spread evenly from --min-tokens to --max-tokens (EOS
+ignored, so each sample makes exactly its max_tokens) go through `rast_gguf.batch.run_batch` at
+each -np (models loaded once per setting, outside the timing); aggregate tokens/s counts every
+generated token over the whole run (prompts, scheduling and file writes included). Beside them, in
+the same process: the plain llama-cpp-python loop (`rast_gguf.bench_plain`: llama_decode + one
+greedy llama_sampler per row, no project code) over the large file alone and over the three files
+at B = the widest -np, decoding the records' prompts and then --plain-tokens steps of B rows. Also
+printed per -np: slot occupancy and prompt tokens decoded vs requested (shared prompts).
 
-    python benchmarks/bench_batch.py                         # CPU-sized default shapes
-    python benchmarks/bench_batch.py -ngl 99 --large qwen2.5-0.5b --parallel 1 4 16 64
+    python benchmarks/bench_batch.py                                  # CPU-sized default shapes
+    python benchmarks/bench_batch.py -ngl 99 --large qwen2.5-7b --small qwen2.5-1.5b --large-type q4_k_m \\
+        --records 64 --samples 4 --min-tokens 32 --max-tokens 512 --parallel 1 32     # the issue's workload
 """
 
 from __future__ import annotations
@@ -23,70 +27,103 @@ from pathlib import Path
 
 from rast_gguf import DeltaPair, RastEngine, SamplingParams
 from rast_gguf.batch import run_batch
+from rast_gguf.bench_plain import plain_loop
 from rast_gguf.jsonl import parse_lines
 
 from cpu_models import add_model_args, model_triple
 
 
-def one_run(engine: RastEngine, lines: list[bytes], max_tokens: int) -> tuple[int, float]:
-    records, problems = parse_lines(lines, SamplingParams(temp=0.8, seed=1), max_tokens)
+def records(n_records: int, n_samples: int, min_tokens: int, max_tokens: int) -> list[bytes]:
+    step = (max_tokens - min_tokens) / max(1, n_records - 1)
+    return [json.dumps({"id": i, "prompt": f"Question {i}: a train travels {40 + i} km in {1 + i % 3} hours. "
+                        "What is its average speed?\nAnswer:", "n": n_samples,
+                        "max_tokens": round(min_tokens + step * ((i * 7) % n_records))}).encode()
+            for i in range(n_records)]
+
+
+def one_run(engine: RastEngine, lines: list[bytes]) -> dict:
+    recs, problems = parse_lines(lines, SamplingParams(temp=0.8, seed=1), 16)
     assert not problems, problems
     with tempfile.TemporaryDirectory() as tmp:
-        summary = run_batch(engine, records, Path(tmp) / "out.jsonl", ignore_eos=True, progress=False)
-    expected = sum(r.n for r in records) * max_tokens
+        summary = run_batch(engine, recs, Path(tmp) / "out.jsonl", ignore_eos=True, progress=False)
+    expected = sum(r.n * r.max_tokens for r in recs)
     assert summary.generated_tokens == expected, (summary.generated_tokens, expected)
-    return summary.generated_tokens, summary.seconds
+    st = summary.stats
+    return {"tokens": summary.generated_tokens, "seconds": summary.seconds, "occupancy": st.occupancy,
+            "prompt_tokens_requested": st.prompt_tokens_requested, "prompt_tokens_decoded": st.prompt_tokens_decoded}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_args(ap)
-    ap.add_argument("--parallel", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--parallel", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--records", type=int, default=16)
-    ap.add_argument("--samples", type=int, default=2, help="n per record (pass@k style)")
-    ap.add_argument("-n", "--n-tokens", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--samples", type=int, default=4, help="n per record (pass@k style)")
+    ap.add_argument("--min-tokens", type=int, default=8)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--plain-tokens", type=int, default=64, help="steps of the plain loop")
+    ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("-ngl", "--n-gpu-layers", type=int, default=0)
     ap.add_argument("-t", "--threads", type=int, default=None)
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--files", nargs=3, metavar=("LARGE", "BASE", "TUNED"), default=None,
+                    help="use these GGUF files (e.g. rast bench's synthetic models) instead of writing a triple")
     args = ap.parse_args()
 
-    large, base, tuned, _, _ = model_triple(args)
+    if args.files:
+        large, base, tuned = map(Path, args.files)
+        large_label, small_label = large.name, f"{tuned.name} - {base.name}"
+    else:
+        large, base, tuned, large_label, small_label = model_triple(args)
     pairs = [DeltaPair(str(tuned), str(base), 1.0, args.n_gpu_layers)]
-    lines = [json.dumps({"id": i, "prompt": f"Question {i}: a train travels {40 + i} km in {1 + i % 3} hours. "
-                         "What is its average speed?\nAnswer:", "n": args.samples}).encode()
-             for i in range(args.records)]
-
-    n_ctx = 64 + args.n_tokens + 64
+    lines = records(args.records, args.samples, args.min_tokens, args.max_tokens)
+    n_ctx = 64 + args.max_tokens + 64
     engines = {p: RastEngine(large, pairs, n_ctx=n_ctx, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers,
                              n_seq_max=p) for p in args.parallel}
     try:
         for engine in engines.values():  # warm-up (first-use allocations, GPU kernels)
-            one_run(engine, lines[:1], 4)
-        seconds = {p: [] for p in args.parallel}
-        tokens = {}
+            one_run(engine, records(1, 1, 4, 4))
+        runs = {p: [] for p in args.parallel}
         for _ in range(args.repeats):
             for p, engine in engines.items():
-                tokens[p], s = one_run(engine, lines, args.n_tokens)
-                seconds[p].append(s)
+                runs[p].append(one_run(engine, lines))
+        widest = max(args.parallel)
+        prompts = [engines[widest].tokenize(json.loads(line)["prompt"]) for line in lines][:widest]
+        prompts += [prompts[i % len(prompts)] for i in range(widest - len(prompts))]
     finally:
         for engine in engines.values():
             engine.close()
+    plain = {}
+    for name, files in (("plain", [large]), ("plain3", [large, tuned, base])):
+        plain[name] = plain_loop(files, prompts, args.plain_tokens, n_ctx=n_ctx, n_batch=512,
+                                 n_gpu_layers=args.n_gpu_layers, n_threads=args.threads, n_repeat=args.repeats)
 
-    base_tps = tokens[args.parallel[0]] / statistics.median(seconds[args.parallel[0]])
-    print(f"large {large.name}, pair {tuned.name} - {base.name}, {args.records} records x {args.samples} samples x "
-          f"{args.n_tokens} tokens, threads {args.threads or os.cpu_count()}, -ngl {args.n_gpu_layers}, "
+    print(f"large {large_label}, pair {small_label}; {args.records} records x {args.samples} samples, max_tokens "
+          f"{args.min_tokens}..{args.max_tokens}; threads {args.threads or os.cpu_count()}, -ngl {args.n_gpu_layers}, "
           f"median of {args.repeats}")
-    print(f"{'parallel':>8}  {'tokens':>7}  {'seconds':>8}  {'tokens/s':>9}  {'vs ' + str(args.parallel[0]):>6}")
+    print(f"plain llama.cpp loop at B={widest}: large alone {plain['plain']['tg_tps']:.1f} tok/s, "
+          f"three models (no delta) {plain['plain3']['tg_tps']:.1f} tok/s")
+    first = args.parallel[0]
+    print(f"{'-np':>4}  {'tokens':>7}  {'seconds':>8}  {'tok/s':>8}  {'vs -np ' + str(first):>9}  {'vs plain':>8}  "
+          f"{'vs plain3':>9}  {'occupancy':>9}  {'prompt decoded/requested':>24}")
     results = []
+    base_tps = None
     for p in args.parallel:
-        med = statistics.median(seconds[p])
-        tps = tokens[p] / med
-        results.append({"parallel": p, "tokens": tokens[p], "seconds": med, "tokens_per_s": tps,
-                        "all_seconds": seconds[p]})
-        print(f"{p:>8}  {tokens[p]:>7}  {med:>8.2f}  {tps:>9.1f}  {tps / base_tps:>5.2f}x")
+        med = statistics.median(r["seconds"] for r in runs[p])
+        r0 = runs[p][0]
+        tps = r0["tokens"] / med
+        base_tps = base_tps or tps
+        row = {"parallel": p, "tokens": r0["tokens"], "seconds": med, "tokens_per_s": tps,
+               "vs_first": tps / base_tps, "vs_plain": tps / plain["plain"]["tg_tps"],
+               "vs_plain3": tps / plain["plain3"]["tg_tps"], "occupancy": r0["occupancy"],
+               "prompt_tokens_decoded": r0["prompt_tokens_decoded"],
+               "prompt_tokens_requested": r0["prompt_tokens_requested"], "all_seconds": [r["seconds"] for r in runs[p]]}
+        results.append(row)
+        print(f"{p:>4}  {row['tokens']:>7}  {med:>8.2f}  {tps:>8.1f}  {row['vs_first']:>8.2f}x  {row['vs_plain']:>7.2f}x  "
+              f"{row['vs_plain3']:>8.2f}x  {row['occupancy']:>9.3f}  "
+              f"{row['prompt_tokens_decoded']:>11}/{row['prompt_tokens_requested']:<12}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+        Path(args.json).write_text(json.dumps({"args": vars(args), "plain": plain, "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,12 @@ static void rast_delta_apply(llama_sampler * smpl, llama_token_data_array * cur_
     for (size_t k = 0; k < n_pairs; ++k) {
         tuned[k] = llama_get_logits_ith(ctx->pairs[k].ctx_tuned, ctx->output_index);
         base[k]  = llama_get_logits_ith(ctx->pairs[k].ctx_base,  ctx->output_index);
+        if (tuned[k] == nullptr || base[k] == nullptr) {
+            // A C callback cannot throw: leave the candidates alone and let the caller raise
+            // (SamplerChain::sample checks the rows before and this flag after).
+            ctx->missing_rows = true;
+            return;
+        }
     }
 
     llama_token_data * data = cur_p->data;
@@ -82,7 +88,7 @@ static llama_sampler_i rast_delta_i = {
 
 llama_sampler * rast_delta_init(std::vector<rast_pair> pairs, int32_t n_shared, std::vector<uint8_t> excluded) {
     excluded.resize(n_shared, 0);
-    auto * ctx = new rast_delta_ctx{std::move(pairs), n_shared, std::move(excluded), -1};
+    auto * ctx = new rast_delta_ctx{std::move(pairs), n_shared, std::move(excluded), -1, false};
     return llama_sampler_init(&rast_delta_i, ctx);
 }
 
@@ -96,6 +102,9 @@ rast_delta_stats rast_delta_step_stats(const rast_delta_ctx * ctx, const float *
     for (size_t k = 0; k < n_pairs; ++k) {
         tuned[k] = llama_get_logits_ith(ctx->pairs[k].ctx_tuned, ctx->output_index);
         base[k]  = llama_get_logits_ith(ctx->pairs[k].ctx_base,  ctx->output_index);
+        if (tuned[k] == nullptr || base[k] == nullptr || z_large == nullptr) {
+            return {-1, -INFINITY, -INFINITY};  // no row to compare (callers check rows first)
+        }
     }
     auto rast_logit = [&](llama_token id) {
         float z = z_large[id];

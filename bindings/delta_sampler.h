@@ -22,6 +22,7 @@ struct rast_delta_ctx {
     int32_t                n_shared;     // ids < n_shared are scored by every model
     std::vector<uint8_t>   excluded;     // size n_shared: 1 = never sample (padding/unused)
     int32_t                output_index; // row of the logits to read in every context
+    bool                   missing_rows = false; // set by apply when a context had no row output_index
 };
 
 llama_sampler * rast_delta_init(std::vector<rast_pair> pairs, int32_t n_shared, std::vector<uint8_t> excluded);

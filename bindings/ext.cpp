@@ -1,7 +1,8 @@
 // Python binding (nanobind) of the RAST sampler chain: the delta sampler first, then llama.cpp's
 // own temperature / top-k / top-p / min-p samplers and dist (or greedy) last. Python hands over
 // raw llama_context / llama_model addresses from llama-cpp-python; this module never owns them.
-// One SamplerChain owns one llama_sampler chain and frees it in close() (or on destruction).
+// One SamplerChain owns one llama_sampler chain and frees it in close() (or on destruction); any use
+// after close() raises rast_gguf.errors.ClosedError (the engine closes its chains before its contexts).
 #include "delta_sampler.h"
 #include "parallel_decode.h"
 
@@ -11,12 +12,25 @@
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
+#include <atomic>
 #include <chrono>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 namespace nb = nanobind;
+
+// Thrown for a closed object; becomes rast_gguf.errors.ClosedError in Python (translator below).
+struct closed_error : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+void rast_register_step_sampler(nb::module_ & m);  // step_sampler.cpp
+// A context has no logits at the requested output row (nothing decoded yet, or that batch entry
+// had logits=false); raised in Python as rast_gguf.errors.DecodeError.
+struct rast_no_output_row : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+void rast_register_speculative(nb::module_ & m);  // speculative_py.cpp
 
 template <typename T> static T * from_addr(uintptr_t addr) {
     if (addr == 0) {
@@ -98,13 +112,39 @@ struct SamplerChain {
     }
 
     void check_open() const {
-        if (!chain) throw std::runtime_error("sampler chain is closed");
+        if (!chain) {
+            throw closed_error("this sampler chain is closed (closed itself, or its engine was closed); "
+                               "make a new one with engine.sampler() on an open engine");
+        }
+    }
+
+    // llama_sampler_sample aborts the process when the large context has no row idx, and the delta
+    // sampler (a C callback that cannot throw) would read NULL for a pair context without it.
+    void check_output_rows(int32_t idx) const {
+        auto check = [idx](llama_context * ctx, const std::string & what) {
+            if (llama_get_logits_ith(ctx, idx) == nullptr) {
+                throw rast_no_output_row("no logits at output row " + std::to_string(idx) + " of the " + what +
+                                         " context: decode tokens with logits for that row before sampling");
+            }
+        };
+        check(ctx_large, "large model's");
+        const auto & pairs = rast_delta_get_ctx(delta)->pairs;
+        for (size_t k = 0; k < pairs.size(); ++k) {
+            check(pairs[k].ctx_tuned, "tuned model's (pair " + std::to_string(k + 1) + ")");
+            check(pairs[k].ctx_base,  "base model's (pair " + std::to_string(k + 1) + ")");
+        }
     }
 
     int32_t sample(int32_t idx) {
         check_open();
-        rast_delta_get_ctx(delta)->output_index = idx;
+        check_output_rows(idx);
+        auto * delta_ctx = rast_delta_get_ctx(delta);
+        delta_ctx->output_index = idx;
+        delta_ctx->missing_rows = false;
         const llama_token token = llama_sampler_sample(chain, ctx_large, idx);
+        if (delta_ctx->missing_rows) {
+            throw rast_no_output_row("a small model's context lost its logits at output row " + std::to_string(idx));
+        }
         if (track_delta) {
             last_delta = rast_delta_step_stats(rast_delta_get_ctx(delta), llama_get_logits_ith(ctx_large, idx), token);
         }
@@ -171,8 +211,8 @@ struct SamplerChain {
     // large model's logits at row idx (the per-token cost the delta adds to the chain).
     double time_delta_apply(int32_t idx, int32_t n_iter) {
         check_open();
+        check_output_rows(idx);
         const float * logits = llama_get_logits_ith(ctx_large, idx);
-        if (!logits) throw std::runtime_error("no logits at that output index");
         rast_delta_get_ctx(delta)->output_index = idx;
         std::vector<llama_token_data> cur(n_vocab);
         double total = 0.0;
@@ -187,10 +227,44 @@ struct SamplerChain {
     }
 };
 
+// Stand-in for llama_decode in _parallel_decoder_selftest: fake context k (address k) returns code k,
+// and the one whose address is fake_throw_ctx throws instead.
+static std::atomic<uintptr_t> fake_throw_ctx{0};
+
+static int32_t fake_decode(llama_context * ctx, llama_batch) {
+    const auto address = reinterpret_cast<uintptr_t>(ctx);
+    if (address == fake_throw_ctx.load()) {
+        throw std::runtime_error("decode failed in fake context " + std::to_string(address));
+    }
+    return (int32_t) address;
+}
+
 NB_MODULE(_ext, m) {
     m.doc() = "C++ part of rast-gguf: the RAST delta sampler as a llama_sampler, and vocab helpers.";
+    rast_register_step_sampler(m);
 
-    nb::class_<SamplerChain>(m, "SamplerChain")
+    // The Python type is looked up once and kept for the process's life (never decref'd at exit).
+    PyObject * closed_type = nb::object(nb::module_::import_("rast_gguf.errors").attr("ClosedError")).release().ptr();
+    nb::register_exception_translator(
+        [](const std::exception_ptr & p, void * payload) {
+            try {
+                std::rethrow_exception(p);
+            } catch (const closed_error & e) {
+                PyErr_SetString(static_cast<PyObject *>(payload), e.what());
+            }
+        },
+        closed_type);
+
+    nb::register_exception_translator([](const std::exception_ptr & p, void *) {
+        try {
+            std::rethrow_exception(p);
+        } catch (const rast_no_output_row & e) {
+            nb::object error = nb::module_::import_("rast_gguf.errors").attr("DecodeError");
+            PyErr_SetString(error.ptr(), e.what());
+        }
+    });
+
+    nb::class_<SamplerChain>(m, "SamplerChain", nb::is_weak_referenceable())
         .def(nb::init<uintptr_t, const std::vector<std::tuple<float, uintptr_t, uintptr_t>> &, int32_t,
                       float, int32_t, float, float, uint32_t, const std::string &>(),
              nb::arg("ctx_large"), nb::arg("pairs"), nb::arg("n_shared"), nb::arg("temp"), nb::arg("top_k"),
@@ -226,10 +300,36 @@ NB_MODULE(_ext, m) {
              nb::arg("batch"), nb::call_guard<nb::gil_scoped_release>())
         .def("close", &ParallelDecoder::close, nb::call_guard<nb::gil_scoped_release>());
 
+    // Failure paths of ParallelDecoder without a model: n_rounds rounds over n_contexts fake contexts
+    // where context `throwing` (0-based; -1: none) throws in every odd round. Returns the messages of
+    // the exceptions decode_all raised and the codes of the even rounds, all of them.
+    m.def("_parallel_decoder_selftest",
+          [](int32_t n_contexts, int32_t throwing, int32_t n_rounds) {
+              std::vector<llama_context *> contexts;
+              for (int32_t i = 0; i < n_contexts; ++i) contexts.push_back(reinterpret_cast<llama_context *>(uintptr_t(i + 1)));
+              ParallelDecoder decoder(std::move(contexts), fake_decode);
+              std::vector<std::string> errors;
+              std::vector<int32_t> codes;
+              llama_batch batch = {};
+              for (int32_t round = 0; round < n_rounds; ++round) {
+                  fake_throw_ctx = (round % 2 == 1 && throwing >= 0) ? uintptr_t(throwing + 1) : 0;
+                  try {
+                      for (int32_t code : decoder.decode_all(batch)) codes.push_back(code);
+                  } catch (const std::exception & e) {
+                      errors.emplace_back(e.what());
+                  }
+              }
+              fake_throw_ctx = 0;
+              return std::make_tuple(errors, codes);
+          },
+          nb::arg("n_contexts"), nb::arg("throwing"), nb::arg("n_rounds"), nb::call_guard<nb::gil_scoped_release>());
+
     m.def("vocab_first_mismatch",
           [](uintptr_t model_a, uintptr_t model_b, int32_t n) {
               return rast_vocab_first_mismatch(llama_model_get_vocab(from_addr<llama_model>(model_a)),
                                                llama_model_get_vocab(from_addr<llama_model>(model_b)), n);
           },
           nb::arg("model_a"), nb::arg("model_b"), nb::arg("n"), nb::call_guard<nb::gil_scoped_release>());
+
+    rast_register_speculative(m);
 }

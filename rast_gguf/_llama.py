@@ -5,7 +5,9 @@ Importing this module imports llama-cpp-python, whose ctypes layer loads
 must be imported only after it (the package __init__ guarantees the order), so the process holds
 exactly one libllama whatever the user imported before us. llama.cpp's log is captured: nothing is
 printed unless `set_verbose(True)` (or RAST_VERBOSE=1), and the last warning/error lines are kept
-so that a failed load can say why in its one-line error.
+so that a failed load can say why in its one-line error: the first error line since the last
+`take_last_problem()` (llama.cpp logs the reason first, "error loading model: ...", then a generic
+"failed to load model"), else the last warning.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from rast_gguf import _preload  # noqa: F401  (one libstdc++ for the process; mu
 import llama_cpp  # noqa: F401  (loads libllama; must precede rast_gguf._ext)
 from llama_cpp import llama_cpp as C
 
-_GGML_LOG_LEVEL_WARN = 2
-_GGML_LOG_LEVEL_ERROR = 3
+# enum ggml_log_level (ggml.h): NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5
+_GGML_LOG_LEVEL_WARN = 3
+_GGML_LOG_LEVEL_ERROR = 4
 _GGML_LOG_LEVEL_CONT = 5
 
 _verbose = os.environ.get("RAST_VERBOSE", "") not in ("", "0")
-_recent_problems: collections.deque[str] = collections.deque(maxlen=8)
+_recent_problems: collections.deque[str] = collections.deque(maxlen=8)  # warnings
+_first_error: list[str] = []  # the first error line since the last take_last_problem()
 _last_level = 0
 
 
@@ -34,7 +38,9 @@ def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     if level != _GGML_LOG_LEVEL_CONT:
         _last_level = level
     message = text.decode("utf-8", errors="replace")
-    if _last_level in (_GGML_LOG_LEVEL_WARN, _GGML_LOG_LEVEL_ERROR) and message.strip():
+    if _last_level == _GGML_LOG_LEVEL_ERROR and message.strip() and not _first_error:
+        _first_error.append(message.strip())
+    elif _last_level in (_GGML_LOG_LEVEL_WARN, _GGML_LOG_LEVEL_ERROR) and message.strip():
         _recent_problems.append(message.strip())
     if _verbose:
         sys.stderr.write(message)
@@ -50,9 +56,14 @@ def set_verbose(verbose: bool) -> None:
 
 
 def take_last_problem() -> str:
-    """The most recent llama.cpp warning/error line (cleared), or ''."""
-    message = _recent_problems[-1] if _recent_problems else ""
+    """The first llama.cpp error line since the last call, else the most recent warning, else ''
+    (all cleared)."""
+    if _first_error:
+        message = _first_error[0]
+    else:
+        message = _recent_problems[-1] if _recent_problems else ""
     _recent_problems.clear()
+    _first_error.clear()
     return message
 
 

@@ -1,22 +1,21 @@
-"""Batch generation: JSONL records in, one JSONL result per record out, several sequences decoding
-in parallel in each context, resumable after a kill.
+"""Batch generation: JSONL records in, one JSONL result per record out, many sequences decoding
+together on a `rast_gguf.scheduler.Scheduler`, resumable after a kill.
 
-Each record asks for `n` samples; every (record, sample) is a job, and the jobs, in input order,
-are cut into fixed waves of `engine.n_seq_max`. A wave is decoded together: all its prompts in
-shared batches, then one batch per step holding the next token of every unfinished sequence, the
-same batch in all three contexts, each sequence sampled by its own chain (seeded from the seed,
-the record id and the sample index) at its own output row. llama.cpp's numerics can depend on the
-company a sequence is decoded in, so the waves never change: a resumed run decodes again, whole,
-every wave that holds a missing record, and writes only the missing records. Records are written
-in input order, one line each, flushed, so a run's output is always a prefix of the full output;
-a line torn by a kill is cut off when the run restarts. Bad records are reported with their line
-number and skipped, or abort everything before decoding when `strict`.
+Each record asks for `n` samples; every (record, sample) is a sequence, the n sequences of a
+record one group (they share the prompt's prefill), each sampled by its own chain seeded from
+the seed, the record id and the sample index, so a record's samples do not depend on -np or on
+which records run beside it (where llama.cpp's numerics allow). Groups are submitted longest
+max_tokens first and the scheduler keeps every slot busy; a record is written, one line, flushed,
+as soon as its last sample ends, so lines come in completion order. A line torn by a kill is cut
+off when the run restarts, and a resumed run decodes only the records missing from the output:
+every id ends up exactly once (rast_gguf.results_file: the output is locked for the run, and
+resumed only with the settings that made it). Bad records are reported with their line number and skipped, or
+abort everything before decoding when `strict`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sys
 import time
@@ -25,9 +24,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rast_gguf.engine import RastEngine
-from rast_gguf.errors import BatchInputError, BatchOutputError, RastError
-from rast_gguf.generate import TextSteps
-from rast_gguf.jsonl import BatchRecord, id_key, read_records
+from rast_gguf.errors import BatchInputError, RastError
+from rast_gguf.jsonl import BatchRecord, read_records
+from rast_gguf.results_file import ResultsFile, engine_fingerprints
+from rast_gguf.scheduler import Scheduler, SchedulerStats, SeqRequest, TokenEvent
 from rast_gguf.sampling import SEED_RANDOM, SamplingParams
 
 _INPUT_ONLY_FIELDS = ("id", "prompt", "messages")
@@ -57,6 +57,7 @@ class BatchSummary:
     bad_lines: list[int] = field(default_factory=list)
     generated_tokens: int = 0
     seconds: float = 0.0
+    stats: SchedulerStats | None = None  # the scheduler's counters (prompt tokens decoded, occupancy, ...)
 
     @property
     def tokens_per_second(self) -> float:
@@ -66,24 +67,6 @@ class BatchSummary:
 def derive_seed(seed: int, record_key: str, sample_index: int) -> int:
     digest = hashlib.sha256(f"{seed}\0{record_key}\0{sample_index}".encode()).digest()
     return int.from_bytes(digest[:4], "little") % SEED_RANDOM
-
-
-def completed_ids(out_path: Path) -> set[str]:
-    """Ids already written to out_path; a last line torn by a kill is cut off the file."""
-    if not out_path.exists():
-        return set()
-    data = out_path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        os.truncate(out_path, end)
-    done = set()
-    for line_no, raw in enumerate(data[:end].splitlines(), start=1):
-        try:
-            done.add(id_key(json.loads(raw)["id"]))
-        except (ValueError, KeyError, TypeError):
-            raise BatchOutputError(f"{out_path} line {line_no} is not a result record, so the run cannot resume "
-                                   "from it; give another -o or delete the file") from None
-    return done
 
 
 def _prompt_tokens(engine: RastEngine, record: BatchRecord) -> list[int]:
@@ -116,52 +99,6 @@ def plan_jobs(engine: RastEngine, records: Sequence[BatchRecord]) -> tuple[list[
     return jobs, problems
 
 
-class _Sequence:
-    """One job while it decodes: its sampler chain, detokenizer, stop strings and finish rule."""
-
-    def __init__(self, engine: RastEngine, job: Job, ignore_eos: bool):
-        self.sampler = engine.sampler(job.sampling)
-        if job.record.alpha is not None:
-            for pair_index in range(len(engine.pairs)):
-                self.sampler.set_alpha(pair_index, job.record.alpha)
-        self.steps = TextSteps(engine.model_large, stop=job.record.stop, max_tokens=job.record.max_tokens,
-                               n_ctx=engine.n_ctx, ignore_eos=ignore_eos)
-        self.pieces: list[str] = []
-        self.finish_reason: str | None = None
-
-    def next_token(self, row: int, pos: int) -> int | None:
-        """Sample at output row `row`; the token to decode at `pos` next, or None when finished."""
-        token = self.sampler.sample(row)
-        text, self.finish_reason = self.steps.push(token, pos)
-        self.pieces.append(text)
-        return None if self.finish_reason else token
-
-    def close(self) -> Sample:
-        self.sampler.close()
-        return Sample("".join(self.pieces), self.finish_reason or "aborted", self.steps.n_tokens)
-
-
-def decode_wave(engine: RastEngine, jobs: Sequence[Job], *, ignore_eos: bool = False) -> list[Sample]:
-    """Decode up to engine.n_seq_max jobs together, sequence i in KV sequence i."""
-    for ctx in engine.contexts:  # forget every sequence; unlike reset() this does not zero the KV buffers
-        ctx.remove_from(0, seq_id=-1)
-    prefill = [(token, pos, seq) for seq, job in enumerate(jobs) for pos, token in enumerate(job.tokens[:-1])]
-    for start in range(0, len(prefill), engine.n_batch):
-        chunk = prefill[start:start + engine.n_batch]
-        engine.decode_entries(*zip(*chunk), [False] * len(chunk))
-    seqs = [_Sequence(engine, job, ignore_eos) for job in jobs]
-    try:
-        step = [(job.tokens[-1], len(job.tokens) - 1, seq) for seq, job in enumerate(jobs)]
-        while step:
-            tokens, positions, seq_ids = zip(*step)
-            engine.decode_entries(tokens, positions, seq_ids, [True] * len(step))
-            step = [(token, pos + 1, seq) for row, (_, pos, seq) in enumerate(step)
-                    if (token := seqs[seq].next_token(row, pos + 1)) is not None]
-    finally:
-        samples = [s.close() for s in seqs]
-    return samples
-
-
 def result_record(record: BatchRecord, samples: Sequence[Sample], n_prompt: int) -> dict:
     """The output line of a record: its id, the input's other fields (not the prompt), the samples."""
     out = {"id": record.id}
@@ -180,8 +117,11 @@ def _print_problem(line: int, reason: str) -> None:
 
 def run_batch(engine: RastEngine, records: Sequence[BatchRecord], out_path: str | os.PathLike, *,
               problems: Sequence[tuple[int, str]] = (), strict: bool = False, ignore_eos: bool = False,
-              progress: bool = True, report: Callable[[int, str], None] = _print_problem) -> BatchSummary:
-    """Decode every record missing from out_path and append it there; see the module docstring.
+              progress: bool = True, report: Callable[[int, str], None] = _print_problem,
+              input_path: str | os.PathLike | None = None, overwrite: bool = False) -> BatchSummary:
+    """Decode every record missing from out_path and append it there; see the module docstring
+    (and rast_gguf.results_file: the output is locked, checked against `input_path`, and its
+    records' settings fingerprints must match the records', unless `overwrite` empties it).
 
     `problems` are (line, reason) pairs found while reading the input; with `strict` the first
     problem of all (these or a prompt that cannot run) raises BatchInputError before any decoding.
@@ -196,46 +136,69 @@ def run_batch(engine: RastEngine, records: Sequence[BatchRecord], out_path: str 
         raise BatchInputError(f"line {line}: {reason} (run without --strict to skip bad lines)")
     for line, reason in all_problems:
         report(line, reason)
-    done = completed_ids(out_path)
+    results = ResultsFile(out_path, engine_fingerprints(engine, records, ignore_eos), input_path=input_path,
+                          overwrite=overwrite)
+    done = results.done
     summary = BatchSummary(n_records=len(records), bad_lines=[line for line, _ in all_problems])
     summary.n_resumed = sum(r.key in done for r in records)
 
-    n_prompt = {job.record_index: len(job.tokens) for job in jobs}
-    slots: dict[int, list[Sample | None]] = {}
-    wave_size = engine.n_seq_max
+    by_record: dict[int, list[Job]] = {}
+    for job in jobs:
+        if job.record.key not in done:
+            by_record.setdefault(job.record_index, []).append(job)
+    # longest first: the short ones fill the slots the long ones leave at the end (outputs do not depend on it)
+    order = sorted(by_record, key=lambda index: -records[index].max_tokens)
+    scheduler = Scheduler(engine)
     t0 = time.perf_counter()
-    with open(out_path, "a", encoding="utf-8", newline="\n") as out, \
-            tqdm(total=len(n_prompt), initial=summary.n_resumed, unit="rec", file=sys.stderr, dynamic_ncols=True,
+    with results, \
+            tqdm(total=len({job.record_index for job in jobs}),
+                 initial=summary.n_resumed, unit="rec", file=sys.stderr, dynamic_ncols=True,
                  disable=None if progress else True) as bar:
-        for start in range(0, len(jobs), wave_size):
-            wave = jobs[start:start + wave_size]
-            if all(job.record.key in done for job in wave):
-                continue
-            samples = decode_wave(engine, wave, ignore_eos=ignore_eos)
-            summary.generated_tokens += sum(s.n_tokens for s in samples)
-            for job, sample in zip(wave, samples):
-                slots.setdefault(job.record_index, [None] * job.record.n)[job.sample_index] = sample
-            for index in sorted({job.record_index for job in wave}):
-                record = records[index]
-                if None in slots[index]:
-                    continue  # its other samples are in the next wave
-                record_samples = slots.pop(index)
-                if record.key in done:
-                    continue
-                line = json.dumps(result_record(record, record_samples, n_prompt[index]), ensure_ascii=False)
-                out.write(line + "\n")
-                out.flush()
-                done.add(record.key)
-                summary.n_written += 1
-                bar.update(1)
+        def write(record: BatchRecord, samples: list[Sample], n_prompt: int) -> None:
+            results.write(result_record(record, samples, n_prompt), record.key)
+            summary.n_written += 1
             summary.seconds = time.perf_counter() - t0
+            bar.update(1)
             bar.set_postfix_str(f"{summary.tokens_per_second:.1f} tok/s", refresh=False)
+
+        for index in order:
+            record_jobs = by_record[index]
+            requests = [SeqRequest(tuple(job.tokens), job.sampling, job.record.max_tokens, job.record.stop,
+                                   job.record.alpha, ignore_eos=ignore_eos) for job in record_jobs]
+            scheduler.submit(requests, _RecordCollector(records[index], len(record_jobs[0].tokens), summary, write))
+        scheduler.run_until_idle()
     summary.seconds = time.perf_counter() - t0
+    summary.stats = scheduler.stats
     return summary
+
+
+class _RecordCollector:
+    """on_event of one record's group: gathers each sample's text and writes the record when all are in."""
+
+    def __init__(self, record: BatchRecord, n_prompt: int, summary: BatchSummary,
+                 write: Callable[[BatchRecord, list[Sample], int], None]):
+        self.record, self.n_prompt, self.summary, self.write = record, n_prompt, summary, write
+        self.pieces: list[list[str]] = [[] for _ in range(record.n)]
+        self.n_tokens = [0] * record.n
+        self.samples: list[Sample | None] = [None] * record.n
+        self.n_left = record.n
+
+    def __call__(self, event: TokenEvent) -> None:
+        if event.token >= 0:
+            self.pieces[event.index].append(event.text)
+            self.n_tokens[event.index] += 1
+            self.summary.generated_tokens += 1
+        if event.finish_reason is None:
+            return
+        self.samples[event.index] = Sample("".join(self.pieces[event.index]), event.finish_reason,
+                                           self.n_tokens[event.index])
+        self.n_left -= 1
+        if self.n_left == 0:
+            self.write(self.record, self.samples, self.n_prompt)
 
 
 def batch_file(engine: RastEngine, in_path: str | os.PathLike, out_path: str | os.PathLike, *,
                sampling: SamplingParams, max_tokens: int, **kwargs) -> BatchSummary:
     """run_batch over a JSONL file, with `sampling` and `max_tokens` as the records' defaults."""
     records, problems = read_records(in_path, sampling, max_tokens)
-    return run_batch(engine, records, out_path, problems=problems, **kwargs)
+    return run_batch(engine, records, out_path, problems=problems, input_path=in_path, **kwargs)

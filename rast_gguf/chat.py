@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -39,6 +41,7 @@ class TurnStats:
     generation_tps: float = 0.0
     finish_reason: str | None = None
     changed_tokens: int = 0     # answer tokens where RAST's pick differs from the large model's (track_delta)
+    speculative: object = None  # SpecStats of the answer, when the engine speculates
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -132,7 +135,7 @@ class ChatSession:
         answer: list[int] = []
         stream = stream_continue(self.engine, n_prompt=len(tokens), prompt_tps=prompt_tps,
                                  max_tokens=self.max_tokens, sampling=self.sampling, ignore_eos=self.ignore_eos,
-                                 track_delta=self.track_delta)
+                                 track_delta=self.track_delta, history=tokens)
         try:
             for response in stream:
                 answer.append(response.token)
@@ -140,6 +143,7 @@ class ChatSession:
                 self.last.generation_tps = response.generation_tps
                 self.last.finish_reason = response.finish_reason
                 self.last.changed_tokens += bool(response.delta and response.delta.changed)
+                self.last.speculative = response.speculative
                 yield response
         finally:
             stream.close()
@@ -176,10 +180,25 @@ class ChatSession:
         state = {"format": SAVE_FORMAT, "raw": self.raw, "system": self.system,
                  "alpha": [p.alpha for p in self.engine.pairs], "temp": self.sampling.temp,
                  "messages": self.messages}
-        try:
-            path.write_text(json.dumps(state, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-        except OSError as e:
-            raise ChatFileError(f"cannot save the chat to {path}: {e.strerror or e}") from e
+        text = json.dumps(state, ensure_ascii=False, indent=1) + "\n"
+        tmp = None
+        try:  # a temporary file renamed over the old save: a crash mid-write never destroys it
+            with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
+                                             suffix=".tmp", delete=False) as f:
+                tmp = Path(f.name)
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except (OSError, UnicodeEncodeError) as e:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+            why = e.strerror if isinstance(e, OSError) and e.strerror else e
+            raise ChatFileError(f"cannot save the chat to {path}: {why}") from e
+        except BaseException:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+            raise
         return path
 
     def load(self, path: str | Path) -> None:
@@ -204,17 +223,32 @@ class ChatSession:
         if alphas and len(alphas) != len(self.engine.pairs):
             raise ChatFileError(f"{path} has {len(alphas)} alpha values but {len(self.engine.pairs)} pairs are "
                                 "loaded; start rast chat with the same models")
+        system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
+        if messages:
+            text = self.render(messages, add_generation_prompt=False)
+            old_tokens, old_text = list(self.tokens), self._text
+            try:
+                self._sync(self._tokens_for(text), text)
+            except BaseException:
+                self._restore(old_tokens, old_text)  # a failed /load changes nothing
+                raise
         for i, alpha in enumerate(alphas):
             self.engine.set_alpha(alpha, i)
         self.sampling = sampling
-        self.system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
+        self.system = system
         if not messages:
             self.reset()
             return
-        text = self.render(messages, add_generation_prompt=False)
-        try:
-            self._sync(self._tokens_for(text), text)
-        except ContextFullError:
-            self.reset()
-            raise
         self.messages = messages
+
+    def _restore(self, tokens: list[int], text: str | None) -> None:
+        """Put `tokens` back in the caches after a failed sync (which may have rewound them)."""
+        if self.tokens == tokens:
+            self._text = text
+            return
+        if not tokens:
+            self.engine.reset()
+            self.tokens, self._text = [], ""
+            return
+        self._sync(tokens, text)
+        self._text = text

@@ -15,7 +15,7 @@ from rast_gguf.gguf_file import GGUFInfo, read_gguf_info
 from rast_gguf.sampling import DeltaPair
 
 # Quantizations at or above Q8_0 quality: the small pair's noise does not cancel in the difference.
-_PRECISE_TYPES = ("ALL F32", "F32", "F16", "BF16", "Q8_0")
+_PRECISE_TYPES = ("F32", "F16", "BF16", "Q8_0")
 
 
 @dataclass

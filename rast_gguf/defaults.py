@@ -3,8 +3,8 @@
 The default is the toy triple that ships inside the package (rast_gguf/data/, trained by
 recipes/toy_reasoning on sums of four numbers: try `-p "Q: 12+345+67+890\n" --temp 0`). Only when
 those files are missing (a source tree without them) does it fall back to a small synthetic triple
-(random weights, the package's real BPE tokenizer) written once into the user cache (`$RAST_CACHE`
-or `~/.cache/rast-gguf`), which exercises the whole pipeline but whose text is noise.
+(random weights, the package's real BPE tokenizer) written once into the user cache
+(`cache_dir()`), which exercises the whole pipeline but whose text is noise.
 """
 
 from __future__ import annotations
@@ -17,7 +17,10 @@ DEFAULT_DIR_NAME = "default-synthetic-v1"
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("RAST_CACHE") or Path.home() / ".cache" / "rast-gguf")
+    """$RAST_CACHE, else $XDG_CACHE_HOME/rast-gguf, else ~/.cache/rast-gguf."""
+    if os.environ.get("RAST_CACHE"):
+        return Path(os.environ["RAST_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rast-gguf"
 
 
 def default_triple() -> tuple[Path, Path, Path]:

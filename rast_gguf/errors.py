@@ -43,6 +43,14 @@ class QuantizeError(RastError):
     """llama.cpp's quantizer failed."""
 
 
+class ConvertError(RastError):
+    """A Hugging Face checkpoint cannot be converted to GGUF (rast_convert's ConversionError, mapped)."""
+
+
+class ClosedError(RastError):
+    """A model, context, batch, sampler chain or engine was used after close()."""
+
+
 class BatchInputError(RastError):
     """A bad line in a batch input file (raised with --strict; otherwise reported and skipped)."""
 
@@ -81,3 +89,7 @@ class DatasetError(RastError):
 
 class OutOfMemoryError(RastError):
     """The models would not fit in GPU memory (estimated before anything is loaded)."""
+
+
+class QueueFullError(RastError):
+    """The scheduler's queue holds as many waiting requests as it may; try again later."""

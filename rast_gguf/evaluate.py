@@ -80,14 +80,18 @@ def load_dataset(path: str | os.PathLike, *, question_key: str = "question", ans
     if not path.is_file():
         raise DatasetError(f"{path}: no such dataset file; give a JSONL file with one problem per line")
     problems, ids = [], set()
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = json.loads(raw.decode("utf-8"))
+                json.dumps(obj, ensure_ascii=False).encode("utf-8")  # no lone surrogates ("\ud800")
             except json.JSONDecodeError as e:
                 raise DatasetError(f"{path}:{line_no}: not valid JSON ({e.msg}); fix the line") from None
+            except (UnicodeError, ValueError, RecursionError) as e:
+                why = "nested too deeply" if isinstance(e, RecursionError) else " ".join(str(e).split())[:80]
+                raise DatasetError(f"{path}:{line_no}: not valid UTF-8 JSON text ({why}); fix the line") from None
             if not isinstance(obj, dict) or question_key not in obj or answer_key not in obj:
                 raise DatasetError(f"{path}:{line_no}: needs the fields {question_key!r} and {answer_key!r} "
                                    "(see --question-key / --answer-key)")
@@ -141,14 +145,18 @@ def _read_texts(path: Path) -> dict[str, tuple[list[str], int]]:
 def evaluate(configs: Sequence[EvalConfig], problems: Sequence[EvalProblem], out_dir: str | os.PathLike, *,
              template: str = "{question}", n: int = 1, sampling: SamplingParams | None = None,
              max_tokens: int = 512, stop: Sequence[str] = (), n_parallel: int = 8, n_ctx: int = 2048,
-             n_threads: int | None = None, n_gpu_layers: int = 0, progress: bool = True,
+             n_threads: int | None = None, n_gpu_layers: int = 0, flash_attn: str = "auto", progress: bool = True,
              grader: Callable[[str, str], bool] | None = None, dataset_name: str = "",
-             on_config: Callable[[ConfigResult], None] | None = None, placement: dict | None = None) -> EvalReport:
-    """Decode, grade and score every configuration (see the module docstring). `placement`: RastEngine's
-    rpc / rpc_small / tensor_split for every engine (rpc: the leading model; rpc_small: the pair)."""
+             on_config: Callable[[ConfigResult], None] | None = None, overwrite: bool = False,
+             placement: dict | None = None) -> EvalReport:
+    """Decode, grade and score every configuration (see the module docstring). The run folder is
+    locked while it runs; `overwrite` discards samples made with other settings instead of refusing.
+    `placement`: RastEngine's rpc / rpc_small / tensor_split for every engine (rpc: the leading model;
+    rpc_small: the pair)."""
     from rast_gguf.batch import run_batch
     from rast_gguf.engine import RastEngine
     from rast_gguf.grading import grade
+    from rast_gguf.results_file import lock_folder
 
     if "{question}" not in template:
         raise UsageError("the prompt template needs a {question} slot")
@@ -161,23 +169,24 @@ def evaluate(configs: Sequence[EvalConfig], problems: Sequence[EvalProblem], out
     grader = grader or grade
     out_dir = Path(out_dir)
     (out_dir / "samples").mkdir(parents=True, exist_ok=True)
-    results: dict[str, ConfigResult] = {}
-    groups: dict[tuple, list[EvalConfig]] = {}
-    for config in configs:
-        groups.setdefault((config.lead, config.pair), []).append(config)
-    for (lead, pair), group in groups.items():
-        pairs = [DeltaPair(pair[0], pair[1], group[0].alpha, n_gpu_layers)] if pair else []
-        with RastEngine(lead, pairs, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
-                        n_seq_max=n_parallel, **(placement or {})) as engine:
-            for config in group:
-                out_path = out_dir / "samples" / f"{config.slug}.jsonl"
-                if progress:
-                    print(f"{config.name}:", file=sys.stderr)
-                run_batch(engine, _records(problems, config, template, n, sampling, max_tokens, stop), out_path,
-                          progress=progress)
-                results[config.name] = score(config, problems, _read_texts(out_path), n, grader)
-                if on_config:
-                    on_config(results[config.name])
+    with lock_folder(out_dir):  # one run per folder at a time
+        results: dict[str, ConfigResult] = {}
+        groups: dict[tuple, list[EvalConfig]] = {}
+        for config in configs:
+            groups.setdefault((config.lead, config.pair), []).append(config)
+        for (lead, pair), group in groups.items():
+            pairs = [DeltaPair(pair[0], pair[1], group[0].alpha, n_gpu_layers)] if pair else []
+            with RastEngine(lead, pairs, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
+                            flash_attn=flash_attn, n_seq_max=n_parallel, **(placement or {})) as engine:
+                for config in group:
+                    out_path = out_dir / "samples" / f"{config.slug}.jsonl"
+                    if progress:
+                        print(f"{config.name}:", file=sys.stderr)
+                    run_batch(engine, _records(problems, config, template, n, sampling, max_tokens, stop), out_path,
+                              progress=progress, overwrite=overwrite)
+                    results[config.name] = score(config, problems, _read_texts(out_path), n, grader)
+                    if on_config:
+                        on_config(results[config.name])
     report = EvalReport(dataset_name, template, n, asdict(sampling), [results[c.name] for c in configs])
     return report
 

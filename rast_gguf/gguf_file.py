@@ -9,7 +9,9 @@ unknown value and ggml types, tensor shapes against block sizes, the alignment, 
 in order at aligned offsets, and every tensor's data ending inside the file. For a split model
 ("-00001-of-00003.gguf") only the given shard and its own tensors are checked. Any problem raises
 `GGUFFileError` with one line that names the file, says what is wrong and what to do; otherwise a
-frozen `GGUFInfo` comes back. `is_gguf(path)` only compares the magic bytes and never raises.
+frozen `GGUFInfo` comes back (metadata, tensors, and the few derived values rast-gguf reads).
+Callers that need a file's header several times pass the GGUFInfo on (RastEngine parses each
+model once per start) rather than reading again.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from typing import Any, BinaryIO, NoReturn, Union
 import gguf
 
 from rast_gguf.errors import GGUFFileError
+from rast_gguf.gguf_limits import check_llama_limits
 
-__all__ = ["ArrayInfo", "GGUFInfo", "TensorInfo", "is_gguf", "read_gguf_info"]
+__all__ = ["ArrayInfo", "GGUFInfo", "TensorInfo", "read_gguf_info"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -64,30 +67,6 @@ _UINT32_KEYS = ("general.alignment", "general.file_type")  # llama.cpp reads the
 _GGML_TYPES = {int(t): (gguf.GGMLQuantizationType(t).name, block, size)
                for t, (block, size) in gguf.GGML_QUANT_SIZES.items()}
 
-# llama.cpp's llama_model_ftype_name()
-_FTYPE_GUESSED = 1024
-_FTYPE_NAMES = {
-    0: "all F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1",
-    10: "Q2_K - Medium", 11: "Q3_K - Small", 12: "Q3_K - Medium", 13: "Q3_K - Large",
-    14: "Q4_K - Small", 15: "Q4_K - Medium", 16: "Q5_K - Small", 17: "Q5_K - Medium", 18: "Q6_K",
-    19: "IQ2_XXS - 2.0625 bpw", 20: "IQ2_XS - 2.3125 bpw", 21: "Q2_K - Small", 22: "IQ3_XS - 3.3 bpw",
-    23: "IQ3_XXS - 3.0625 bpw", 24: "IQ1_S - 1.5625 bpw", 25: "IQ4_NL - 4.5 bpw", 26: "IQ3_S - 3.4375 bpw",
-    27: "IQ3_S mix - 3.66 bpw", 28: "IQ2_S - 2.5 bpw", 29: "IQ2_M - 2.7 bpw", 30: "IQ4_XS - 4.25 bpw",
-    31: "IQ1_M - 1.75 bpw", 32: "BF16", 36: "TQ1_0 - 1.69 bpw ternary", 37: "TQ2_0 - 2.06 bpw ternary",
-    38: "MXFP4 MoE", 39: "NVFP4",
-}
-# llama.cpp's guess when general.file_type is absent: the ftype of the most common tensor type.
-_FTYPE_OF_TENSOR_TYPE = {
-    "F32": 0, "F16": 1, "BF16": 32, "Q4_0": 2, "Q4_1": 3, "Q5_0": 8, "Q5_1": 9, "Q8_0": 7, "Q2_K": 10,
-    "Q3_K": 12, "Q4_K": 15, "Q5_K": 17, "Q6_K": 18, "TQ1_0": 36, "TQ2_0": 37, "IQ2_XXS": 19, "IQ2_XS": 20,
-    "IQ2_S": 28, "IQ3_XXS": 23, "IQ1_S": 24, "IQ1_M": 31, "IQ4_NL": 25, "IQ4_XS": 30, "IQ3_S": 26,
-    "MXFP4": 38,
-}
-
-# Stored little-endian, the uint32 magics of llama.cpp's formats before GGUF read backwards.
-_LEGACY_GGML_MAGICS = (b"lmgg", b"fmgg", b"tjgg", b"algg")
-
-
 @dataclass(frozen=True)
 class ArrayInfo:
     """A metadata array too long to keep: its element type ("string", "int32", ...) and length."""
@@ -109,10 +88,6 @@ class TensorInfo:
     type_name: str
     n_bytes: int
     offset: int
-
-    @property
-    def ne(self) -> tuple[int, ...]:
-        return self.shape[::-1]
 
     @property
     def n_elements(self) -> int:
@@ -147,37 +122,25 @@ class GGUFInfo:
         return self.metadata.get("general.architecture")
 
     @property
-    def name(self) -> str | None:
-        return self.metadata.get("general.name")
-
-    @property
     def n_params(self) -> int:
         return sum(t.n_elements for t in self.tensors)
 
     @property
-    def tensor_type_counts(self) -> dict[str, int]:
-        return dict(Counter(t.type_name for t in self.tensors))
-
-    @property
     def file_type(self) -> str:
-        """llama.cpp's name of the file type ("Q4_K - Medium", "F16", "all F32", ...); guessed,
-        as llama.cpp does, from the most common tensor type when general.file_type is absent."""
+        """The file type as gguf-py names llama.cpp's ftypes ("Q4_K_M", "Q8_0", "F16", "F32", ...), or, when
+        general.file_type is absent or unknown, the most common type of its matrices ("Q8_0?")."""
         code = self.metadata.get("general.file_type")
-        if isinstance(code, int) and not isinstance(code, bool):
-            return _ftype_name(code)
-        return _ftype_name(_guess_ftype(self.tensors) | _FTYPE_GUESSED)
+        try:
+            return gguf.LlamaFileType(code).name.replace("MOSTLY_", "").replace("ALL_", "")
+        except ValueError:
+            matrices = Counter(t.type_name for t in self.tensors if len(t.shape) >= 2)
+            return (matrices.most_common(1)[0][0] if matrices else "F32") + "?"
 
     @property
     def n_vocab(self) -> int | None:
         """Number of tokens in tokenizer.ggml.tokens (may differ from n_embd_rows)."""
         tokens = self.metadata.get("tokenizer.ggml.tokens")
         return len(tokens) if isinstance(tokens, (list, ArrayInfo)) else None
-
-    @property
-    def n_embd_rows(self) -> int | None:
-        """Rows of token_embd.weight: the vocabulary size the weights were trained with (padded)."""
-        embeddings = self.tensor("token_embd.weight")
-        return embeddings.shape[0] if embeddings is not None and len(embeddings.shape) >= 2 else None
 
     @property
     def tokenizer_model(self) -> str | None:
@@ -188,73 +151,9 @@ class GGUFInfo:
         return self.metadata.get("tokenizer.ggml.pre")
 
     @property
-    def bos_id(self) -> int | None:
-        return self.metadata.get("tokenizer.ggml.bos_token_id")
-
-    @property
-    def eos_id(self) -> int | None:
-        return self.metadata.get("tokenizer.ggml.eos_token_id")
-
-    @property
-    def add_bos(self) -> bool | None:
-        return self.metadata.get("tokenizer.ggml.add_bos_token")
-
-    @property
     def has_chat_template(self) -> bool:
         template = self.metadata.get("tokenizer.chat_template")
         return isinstance(template, str) and bool(template)
-
-    @property
-    def context_length(self) -> int | None:
-        return self._arch_value("context_length")
-
-    @property
-    def embedding_length(self) -> int | None:
-        return self._arch_value("embedding_length")
-
-    @property
-    def block_count(self) -> int | None:
-        return self._arch_value("block_count")
-
-    @property
-    def head_count(self) -> int | list | None:
-        """An int, or a per-layer list for the few architectures that vary it."""
-        return self._arch_value("attention.head_count")
-
-    @property
-    def head_count_kv(self) -> int | None:
-        return self._arch_value("attention.head_count_kv")
-
-    @property
-    def split_count(self) -> int:
-        count = self.metadata.get("split.count", 1)
-        return count if isinstance(count, int) else 1
-
-    @property
-    def split_index(self) -> int:
-        """0-based index of this shard in a split model (0 for an unsplit file)."""
-        index = self.metadata.get("split.no", 0)
-        return index if isinstance(index, int) else 0
-
-    @property
-    def is_split(self) -> bool:
-        return self.split_count > 1
-
-    def _arch_value(self, suffix: str) -> Any:
-        arch = self.architecture
-        return self.metadata.get(f"{arch}.{suffix}") if arch else None
-
-
-def is_gguf(path: PathLike) -> bool:
-    """True if `path` is a regular file starting with the GGUF magic; never raises for a bad path."""
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return False  # opening a FIFO would block
-        with open(path, "rb") as file:
-            return file.read(4) == GGUF_MAGIC
-    except (OSError, ValueError):
-        return False
-
 
 def read_gguf_info(path: PathLike) -> GGUFInfo:
     """Validate the GGUF file at `path` and return its metadata; raise GGUFFileError otherwise."""
@@ -264,7 +163,9 @@ def read_gguf_info(path: PathLike) -> GGUFInfo:
         if file_size == 0:
             raise GGUFFileError(f"{shown}: file is empty (0 bytes); {_REDO}")
         try:
-            return _Parser(file, file_size, shown).parse(Path(os.fsdecode(path)))
+            info = _Parser(file, file_size, shown).parse(Path(os.fsdecode(path)))
+            check_llama_limits(info, file, shown)  # values llama.cpp would crash on (rast_gguf/gguf_limits.py)
+            return info
         except OSError as e:
             raise GGUFFileError(f"{shown}: cannot read the file ({e.strerror or e}); "
                                 "check the disk or copy the file again") from None
@@ -294,7 +195,8 @@ def _open_regular_file(path: PathLike, shown: str) -> BinaryIO:
         raise GGUFFileError(f"{shown}: cannot access the file ({getattr(e, 'strerror', None) or e}); "
                             "check the path") from None
     if stat.S_ISDIR(mode):
-        raise GGUFFileError(f"{shown}: is a directory, not a GGUF file; pass the path of a .gguf file")
+        raise GGUFFileError(f"{shown}: is a directory, not a GGUF file (nor a Hugging Face checkpoint: no "
+                            "config.json with *.safetensors); pass the path of a .gguf file")
     if not stat.S_ISREG(mode):
         raise GGUFFileError(f"{shown}: is not a regular file (a device, pipe or socket); "
                             "pass the path of a .gguf file")
@@ -305,41 +207,6 @@ def _open_regular_file(path: PathLike, shown: str) -> BinaryIO:
                             "(chmod a+r) or run as a user who may read it") from None
     except OSError as e:
         raise GGUFFileError(f"{shown}: cannot open the file ({e.strerror or e}); check the path") from None
-
-
-def _describe_foreign_content(head: bytes) -> tuple[str, str]:
-    """(what the file looks like, what to do) for a file without the GGUF magic."""
-    convert = "convert it to GGUF with llama.cpp's convert_hf_to_gguf.py, or pass a .gguf file"
-    if head.startswith(b"\x89PNG"):
-        return "it is a PNG image", "pass the path of a .gguf model"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "it is a JPEG image", "pass the path of a .gguf model"
-    if head.startswith(b"PK\x03\x04"):
-        return "it is a zip archive (a PyTorch checkpoint?)", convert
-    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        return "it is a Python pickle (a PyTorch checkpoint?)", convert
-    if len(head) > 8 and head[8:9] == b"{":
-        return "it looks like a safetensors file", convert
-    if head[:4] in _LEGACY_GGML_MAGICS:
-        return ("it is an old GGML/GGJT file, a format llama.cpp no longer reads",
-                "download a GGUF version of the model or convert the original weights again")
-    if head.startswith(b"version https://git-lfs"):
-        return "it is a Git LFS pointer, not the model", "run `git lfs pull` or download the file again"
-    if head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
-        return "it is an HTML page (a failed download?)", "download the file again"
-    if _looks_like_text(head):
-        return "it is a text file", "pass the path of a .gguf model"
-    return f"it starts with the bytes {head[:8].hex(' ')}", "pass the path of a .gguf model"
-
-
-def _looks_like_text(head: bytes) -> bool:
-    for cut in range(4):  # the last multi-byte character may be cut off
-        try:
-            text = head[:len(head) - cut].decode("utf-8")
-        except UnicodeDecodeError:
-            continue
-        return bool(text) and all(c.isprintable() or c in "\r\n\t" for c in text)
-    return False
 
 
 # ----------------------------------------------------------------------------- reading
@@ -462,7 +329,7 @@ class _Parser:
     # --- header
 
     def _read_header(self) -> tuple[int, int, int]:
-        head = self._cursor.read_bytes(min(self._file_size, 64))  # 64 bytes to recognize other formats
+        head = self._cursor.read_bytes(min(self._file_size, _HEADER.size))
         self._check_magic(head)
         if len(head) >= 8:
             self._check_version(head)
@@ -482,8 +349,8 @@ class _Parser:
             return
         if len(head) < 4 and GGUF_MAGIC.startswith(head):
             self._fail_short_header()
-        what, advice = _describe_foreign_content(head)
-        self._fail(f"not a GGUF file: {what} (GGUF files start with the bytes 'GGUF')", advice)
+        self._fail("not a GGUF file (bad magic: GGUF files start with the bytes 'GGUF')",
+                   "pass a .gguf model, or a Hugging Face checkpoint folder to convert")
 
     def _check_version(self, head: bytes) -> None:
         (version,) = _U32.unpack_from(head, 4)
@@ -656,20 +523,3 @@ def _align(offset: int, alignment: int) -> int:
 def _quote(text: str, max_chars: int = 80) -> str:
     """A name from the file, safe for a one-line message (control characters escaped)."""
     return repr(text if len(text) <= max_chars else text[:max_chars] + "...")
-
-
-def _ftype_name(code: int) -> str:
-    if code & _FTYPE_GUESSED:
-        return _ftype_name(code & ~_FTYPE_GUESSED) + " (guessed)"
-    return _FTYPE_NAMES.get(code, f"unknown ({code})")
-
-
-def _guess_ftype(tensors: tuple[TensorInfo, ...]) -> int:
-    """llama.cpp's guess: the most common tensor type (the first to reach the top count wins)."""
-    counts: Counter[str] = Counter()
-    most_common, top_count = "F32", 0
-    for tensor in tensors:
-        counts[tensor.type_name] += 1
-        if counts[tensor.type_name] > top_count:
-            most_common, top_count = tensor.type_name, counts[tensor.type_name]
-    return _FTYPE_OF_TENSOR_TYPE.get(most_common, 0)

@@ -1,9 +1,11 @@
 """Owners of llama.cpp's C handles: one small class per handle, freed by close().
 
 `Model` owns a llama_model (loaded after the file passed `read_gguf_info`), `Context` a
-llama_context, `Batch` a llama_batch. Each frees its handle exactly once, in close() or at garbage
-collection, and turns llama.cpp's return codes into `rast_gguf.errors` exceptions right here at
-the boundary. Tokenization and detokenization live on `Model` because they only need its vocab.
+llama_context, `Batch` a llama_batch. `Handle` is their shared part: the handle, its address for
+the C++ extension, close() freeing it exactly once (or garbage collection), and `_live()`, which
+every method calls before touching llama.cpp, so a closed object raises ClosedError instead of
+passing a freed pointer on. llama.cpp's return codes become `rast_gguf.errors` exceptions right here
+at the boundary. Tokenization and detokenization live on `Model` because they only need its vocab.
 """
 
 from __future__ import annotations
@@ -14,21 +16,62 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rast_gguf._llama import C, addr, take_last_problem
-from rast_gguf.errors import DecodeError, ModelLoadError, PromptTooLongError
+from rast_gguf.errors import ClosedError, DecodeError, ModelLoadError, PromptTooLongError
 from rast_gguf.gguf_file import GGUFInfo, read_gguf_info
 
 DECODE_NO_KV_SLOT = 1
 FLASH_ATTN_TYPES = {"auto": -1, "off": 0, "on": 1}  # enum llama_flash_attn_type
 
 
-class Model:
+class Handle:
+    """One C handle and its release: subclasses set `_handle` and implement `_free(handle)`."""
+
+    _handle = None
+    _what = "handle"
+
+    def _live(self):
+        """The handle; ClosedError once close() has run."""
+        if self._handle is None:
+            raise ClosedError(f"{self._what} is closed; it cannot be used after close() (or after its engine "
+                              "was closed)")
+        return self._handle
+
+    @property
+    def handle(self):
+        return self._live()
+
+    @property
+    def address(self) -> int:
+        """The handle's address, for the C++ extension."""
+        return addr(self._live())
+
+    @property
+    def closed(self) -> bool:
+        return self._handle is None
+
+    def _free(self, handle) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            self._free(handle)
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class Model(Handle):
     def __init__(self, path: str | os.PathLike, *, n_gpu_layers: int = 0, vocab_only: bool = False,
-                 use_mmap: bool = True, devices: Sequence[int] | None = None,
+                 use_mmap: bool = True, info: GGUFInfo | None = None, devices: Sequence[int] | None = None,
                  tensor_split: Sequence[float] | None = None):
-        """`devices`: ggml_backend_dev_t handles to offload to, in llama.cpp's order (None: every
-        local GPU); `tensor_split`: each device's share of the offloaded layers, as llama.cpp's -ts."""
+        """Validate the file (or take `info`, its GGUFInfo parsed already) and load it; ModelLoadError if
+        llama.cpp refuses. `vocab_only` loads the tokenizer without weights. `devices`: ggml_backend_dev_t
+        handles to offload to, in llama.cpp's order (None: every local GPU); `tensor_split`: each device's
+        share of the offloaded layers, as llama.cpp's -ts."""
         self.path = Path(path)
-        self.info: GGUFInfo = read_gguf_info(self.path)
+        self._what = f"model {self.path}"
+        self.info: GGUFInfo = info or read_gguf_info(self.path)
         params = C.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         params.vocab_only = vocab_only
@@ -47,27 +90,19 @@ class Model:
             raise ModelLoadError(f"{self.path}: llama.cpp could not load the model ({why}); "
                                  "check that this llama.cpp build supports its architecture and type")
         self._handle = handle
-        self.vocab = C.llama_model_get_vocab(handle)
-        self.n_vocab: int = C.llama_vocab_n_tokens(self.vocab)
+        self._vocab_handle = C.llama_model_get_vocab(handle)
+        self.n_vocab: int = C.llama_vocab_n_tokens(self._vocab_handle)
         self.n_ctx_train: int = C.llama_model_n_ctx_train(handle)
-        self.add_bos: bool = bool(C.llama_vocab_get_add_bos(self.vocab))
+        self.add_bos: bool = bool(C.llama_vocab_get_add_bos(self._vocab_handle))
+
+    def _free(self, handle) -> None:
+        C.llama_model_free(handle)
 
     @property
-    def handle(self):
-        if self._handle is None:
-            raise ValueError(f"model {self.path} is closed")
-        return self._handle
-
-    @property
-    def address(self) -> int:
-        return addr(self.handle)
-
-    def close(self) -> None:
-        if getattr(self, "_handle", None) is not None:
-            C.llama_model_free(self._handle)
-            self._handle = None
-
-    __del__ = close
+    def vocab(self):
+        """The llama_vocab handle (it belongs to the model: freed with it)."""
+        self._live()
+        return self._vocab_handle
 
     def tokenize(self, text: str, *, add_special: bool | None = None, parse_special: bool = True) -> list[int]:
         data = text.encode("utf-8")
@@ -95,7 +130,9 @@ class Model:
         return bool(C.llama_vocab_is_eog(self.vocab, token))
 
 
-class Context:
+class Context(Handle):
+    _what = "context"
+
     def __init__(self, model: Model, *, n_ctx: int, n_batch: int = 512, n_threads: int | None = None,
                  n_seq_max: int = 1, flash_attn: str = "auto"):
         params = C.llama_context_default_params()
@@ -120,27 +157,18 @@ class Context:
         self.n_ctx: int = C.llama_n_ctx(handle)
         self.n_ctx_seq: int = C.llama_n_ctx_seq(handle)
         self.n_batch: int = C.llama_n_batch(handle)  # llama.cpp caps it at n_ctx
-        self._memory = C.llama_get_memory(handle)
+        self._memory_handle = C.llama_get_memory(handle)
+
+    def _free(self, handle) -> None:
+        C.llama_free(handle)
 
     @property
-    def handle(self):
-        if self._handle is None:
-            raise ValueError("context is closed")
-        return self._handle
-
-    @property
-    def address(self) -> int:
-        return addr(self.handle)
-
-    def close(self) -> None:
-        if getattr(self, "_handle", None) is not None:
-            C.llama_free(self._handle)
-            self._handle = None
-
-    __del__ = close
+    def _memory(self):
+        self._live()  # the memory (KV cache) belongs to the context: freed with it
+        return self._memory_handle
 
     def decode(self, batch: "Batch") -> None:
-        self.check_decode(C.llama_decode(self.handle, batch.struct))
+        self.check_decode(C.llama_decode(self._live(), batch.struct))
 
     def check_decode(self, rc: int) -> None:
         """Turn llama_decode's return code for this context into an exception (0: nothing)."""
@@ -156,39 +184,51 @@ class Context:
 
     def synchronize(self) -> None:
         """Wait until this context's queued work (on a GPU: its stream) has finished."""
-        C.llama_synchronize(self.handle)
+        C.llama_synchronize(self._live())
 
     def remove_from(self, pos: int, seq_id: int = 0) -> None:
         """Forget positions >= pos of one sequence (so a conversation can be rewound)."""
         C.llama_memory_seq_rm(self._memory, seq_id, pos, -1)
 
+    def copy_sequence(self, src: int, dst: int) -> None:
+        """Make sequence dst a copy of sequence src (all positions; dst's old cells are dropped). With one
+        KV stream per sequence llama.cpp copies the whole stream, at the start of the next decode."""
+        C.llama_memory_seq_rm(self._memory, dst, -1, -1)
+        C.llama_memory_seq_cp(self._memory, src, dst, -1, -1)
+
     def logits(self, idx: int = -1):
         """A numpy copy of one output row of logits (for tests and analysis, not the hot path)."""
         import numpy as np
 
-        ptr = C.llama_get_logits_ith(self.handle, idx)
+        ptr = C.llama_get_logits_ith(self._live(), idx)
         return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).copy()
 
 
-class Batch:
+class Batch(Handle):
+    """A llama_batch (a struct by value, owning its arrays); `struct` is it, `address` its address."""
+
+    _what = "batch"
+
     def __init__(self, n_tokens_max: int):
         self.n_tokens_max = n_tokens_max
-        self._batch = C.llama_batch_init(n_tokens_max, 0, 1)
+        self._handle = C.llama_batch_init(n_tokens_max, 0, 1)
+
+    def _free(self, handle) -> None:
+        C.llama_batch_free(handle)
 
     @property
     def struct(self):
-        return self._batch
+        return self._live()
 
     @property
     def address(self) -> int:
-        """The llama_batch struct's address, for the C++ extension."""
-        return ctypes.addressof(self.struct)
+        return ctypes.addressof(self._live())
 
     def set_tokens(self, tokens: list[int], pos0: int, *, logits_last: bool = True, seq_id: int = 0) -> None:
         n = len(tokens)
         if n > self.n_tokens_max:
             raise ValueError(f"batch holds {self.n_tokens_max} tokens, got {n}")
-        b = self._batch
+        b = self._live()
         b.n_tokens = n
         for i, token in enumerate(tokens):
             b.token[i] = token
@@ -201,21 +241,6 @@ class Batch:
 
     def set_entries(self, tokens: list[int], positions: list[int], seq_ids: list[int], logits: list[bool]) -> None:
         """Tokens of several sequences in one batch; entry i is (tokens[i], positions[i], seq_ids[i])."""
-        n = len(tokens)
-        if n > self.n_tokens_max:
-            raise ValueError(f"batch holds {self.n_tokens_max} tokens, got {n}")
-        b = self._batch
-        b.n_tokens = n
-        for i in range(n):
-            b.token[i] = tokens[i]
-            b.pos[i] = positions[i]
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = seq_ids[i]
-            b.logits[i] = logits[i]
+        from rast_gguf import _ext  # after libllama (this module is imported by rast_gguf._llama's users)
 
-    def close(self) -> None:
-        if getattr(self, "_batch", None) is not None:
-            C.llama_batch_free(self._batch)
-            self._batch = None
-
-    __del__ = close
+        _ext.fill_batch(self.address, self.n_tokens_max, tokens, positions, seq_ids, logits)

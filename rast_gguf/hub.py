@@ -1,5 +1,7 @@
 """Model files from the Hugging Face hub: `owner/repo:QUANT`, `owner/repo:file.gguf` (a path in
-the repo) and `owner/repo@revision:...` resolve to local files in huggingface_hub's own cache.
+the repo) and `owner/repo@revision:...` resolve to local files in huggingface_hub's own cache; a
+bare `owner/repo` (or `owner/repo@revision`) names a safetensors checkpoint repo, which is
+downloaded and converted once to GGUF (rast_gguf.checkpoints, keyed by repo + commit + type).
 
 `resolve_model_ref(ref)` returns an existing local path unchanged; a hub reference is looked up
 (the repo's file list), downloaded with `hf_hub_download` (so files already in the cache are
@@ -8,6 +10,9 @@ cached path returned. A quant tag picks the one .gguf whose name holds the tag a
 (case-insensitive: `Q4_K_M` in `qwen2.5-7b-q4_k_m.gguf`, not `Q4_K` in it); a split model
 (`-00001-of-00003.gguf`) downloads every part and returns the first, which llama.cpp loads. With
 no network (or offline mode) the file list comes from the cache. Every failure is one HubError line.
+Which kind a bare repo is, is read from its file list: config.json and *.safetensors make a
+checkpoint; .gguf files only make a GGUF repo, for which the error asks for a quant tag.
+A local folder with config.json and *.safetensors is converted the same way (keyed by its files).
 """
 
 from __future__ import annotations
@@ -18,51 +23,96 @@ from pathlib import Path
 
 from rast_gguf.errors import HubError
 
-_REF = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?:(?P<spec>[\w./ +-]+)$")
+_REF = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?"
+                  r"(?::(?P<spec>[\w./ +-]+))?$")
 _SPLIT = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
-_USAGE = "use a local file or owner/repo:QUANT (e.g. Qwen/Qwen2.5-7B-Instruct-GGUF:Q4_K_M) or owner/repo:file.gguf"
+_USAGE = ("use a local file or checkpoint folder, owner/repo:QUANT (e.g. Qwen/Qwen2.5-7B-Instruct-GGUF:Q4_K_M), "
+          "owner/repo:file.gguf, or owner/repo for a safetensors checkpoint")
+# Files of a checkpoint repo the converter reads (weights, configs, tokenizer); top-level only.
+_CHECKPOINT_SUFFIXES = (".json", ".safetensors", ".model")
 
 
 @dataclass(frozen=True)
 class HubRef:
     repo: str
     revision: str
-    spec: str  # a quant tag or a .gguf path in the repo
+    spec: str = ""  # a quant tag or a .gguf path in the repo; "" for a checkpoint repo
 
     @property
     def is_file(self) -> bool:
         return self.spec.lower().endswith(".gguf")
 
+    @property
+    def is_checkpoint(self) -> bool:
+        return not self.spec
+
     def __str__(self) -> str:
         rev = "" if self.revision == "main" else f"@{self.revision}"
-        return f"{self.repo}{rev}:{self.spec}"
+        return f"{self.repo}{rev}" + (f":{self.spec}" if self.spec else "")
 
 
 def looks_like_hub_ref(ref: str) -> bool:
-    return ":" in ref and not ref.startswith(("/", ".", "~")) and not Path(ref).exists()
+    """Not a local path: `owner/repo:...` or a bare `owner/repo[@rev]` (a name ending in .gguf is a path)."""
+    if ref.startswith(("/", ".", "~")) or Path(ref).exists():
+        return False
+    return ":" in ref or (not ref.lower().endswith(".gguf") and _REF.match(ref) is not None)
 
 
 def parse_hub_ref(ref: str) -> HubRef:
     match = _REF.match(ref)
-    if not match or ".." in match["repo"] or match["spec"].startswith("/") or ".." in match["spec"].split("/"):
+    spec = (match and match["spec"]) or ""
+    if not match or ".." in match["repo"] or spec.startswith("/") or ".." in spec.split("/") \
+            or (ref.endswith(":") and not spec):
         raise HubError(f"{ref!r} is neither an existing file nor a hub reference; {_USAGE}")
-    return HubRef(match["repo"], match["revision"] or "main", match["spec"])
+    return HubRef(match["repo"], match["revision"] or "main", spec)
 
 
-def resolve_model_ref(ref: str | Path) -> Path:
-    """A local path for a model argument: the path itself, or the cached download of a hub reference."""
+def resolve_model_ref(ref: str | Path, convert_type: str | None = None) -> Path:
+    """A local GGUF path for a model argument: the path itself, the cached download of a hub reference,
+    or the cached conversion (to `convert_type`, default q8_0) of a checkpoint folder or checkpoint repo."""
+    from rast_gguf.checkpoints import DEFAULT_CONVERT_TYPE, cached_conversion, is_checkpoint_dir
+
     text = str(ref)
+    if is_checkpoint_dir(text):
+        return cached_conversion(Path(text), convert_type or DEFAULT_CONVERT_TYPE)
     if not looks_like_hub_ref(text):
         return Path(ref)
-    return pull(parse_hub_ref(text))[0]
+    return pull(parse_hub_ref(text), convert_type)[0]
 
 
-def pull(hub_ref: HubRef | str) -> list[Path]:
-    """Download (or find in the cache) the file(s) of a reference; the first is the model to load."""
+def pull(hub_ref: HubRef | str, convert_type: str | None = None) -> list[Path]:
+    """Download (or find in the cache) the file(s) of a reference; the first is the model to load. A checkpoint
+    repo is downloaded and converted to `convert_type` (default q8_0) once; its GGUF is the one file."""
     hub_ref = parse_hub_ref(hub_ref) if isinstance(hub_ref, str) else hub_ref
-    _, files = repo_files(hub_ref)
+    commit, files = repo_files(hub_ref)
+    if hub_ref.is_checkpoint:
+        return [_converted_checkpoint(hub_ref, commit, files, convert_type)]
     return [_download(hub_ref, name) for name in select_files(hub_ref, files)]
+
+
+def _converted_checkpoint(hub_ref: HubRef, commit: str, files: list[str], convert_type: str | None) -> Path:
+    from rast_gguf.checkpoints import DEFAULT_CONVERT_TYPE, cached_conversion
+
+    if "config.json" not in files or not any(f.endswith(".safetensors") and "/" not in f for f in files):
+        ggufs = sorted(f for f in files if f.lower().endswith(".gguf"))
+        if ggufs:
+            raise HubError(f"{hub_ref.repo} holds GGUF files, not a safetensors checkpoint; name one with "
+                           f"{hub_ref.repo}:QUANT or {hub_ref.repo}:FILE.gguf (its .gguf files: {', '.join(ggufs)})")
+        raise HubError(f"{hub_ref.repo} has neither .gguf files nor a safetensors checkpoint (config.json + "
+                       f"*.safetensors); {_USAGE}")
+    needed = [f for f in files if "/" not in f and f.endswith(_CHECKPOINT_SUFFIXES)]
+
+    def download() -> Path:
+        # by the revision as given, so huggingface_hub records it (offline runs find it), then checked
+        # against the commit the cache key names
+        snapshot = [_download(hub_ref, name) for name in needed][0].parent
+        if _COMMIT.match(commit) and snapshot.name != commit:
+            raise HubError(f"{hub_ref} moved to another commit while downloading; run the command again")
+        return snapshot
+
+    return cached_conversion(download, convert_type or DEFAULT_CONVERT_TYPE, identity=f"hub:{hub_ref.repo}@{commit}",
+                             label=hub_ref.repo.replace("/", "--"))
 
 
 def _endpoint() -> str:

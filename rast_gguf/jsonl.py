@@ -80,6 +80,17 @@ def _messages(value) -> list[dict]:
     return value
 
 
+def _check_text(obj) -> None:
+    """Refuse strings that are not text: JSON can spell lone UTF-16 surrogates ("\\ud800"),
+    which no tokenizer or UTF-8 output can hold."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise _BadLine(f"holds a lone UTF-16 surrogate ({e.object[e.start:e.end]!a}), which is not text") from None
+    except (RecursionError, ValueError):
+        raise _BadLine("not valid JSON here (nested too deeply)") from None
+
+
 def parse_record(obj, line: int, sampling: SamplingParams, max_tokens: int) -> BatchRecord:
     if not isinstance(obj, dict):
         raise _BadLine(f"expected a JSON object, got {type(obj).__name__}")
@@ -131,6 +142,12 @@ def parse_lines(lines: Iterable[bytes], sampling: SamplingParams, max_tokens: in
                 raise _BadLine("not UTF-8 text") from None
             except json.JSONDecodeError as e:
                 raise _BadLine(f"not valid JSON ({e.msg} at column {e.colno})") from None
+            except RecursionError:
+                raise _BadLine("not valid JSON here (nested too deeply)") from None
+            except ValueError as e:  # Python's limit on integer literals (4300 digits)
+                why = "an integer of more than 4300 digits" if "digits" in str(e) else str(e).splitlines()[0][:80]
+                raise _BadLine(f"not valid JSON here ({why})") from None
+            _check_text(obj)
             record = parse_record(obj, line_no, sampling, max_tokens)
             if record.key in seen:
                 raise _BadLine(f"duplicate id {record.key} (first on line {seen[record.key]})")

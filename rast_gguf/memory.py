@@ -18,7 +18,7 @@ import re
 from collections.abc import Sequence
 
 from rast_gguf.errors import OutOfMemoryError
-from rast_gguf.gguf_file import read_gguf_info
+from rast_gguf.gguf_file import GGUFInfo, read_gguf_info
 
 GIB = 2**30
 CUDA_CONTEXT_BYTES = 600 * 2**20  # driver context + cuBLAS workspace, once per process
@@ -42,13 +42,18 @@ class Estimate:
 
 
 def estimate(path, n_gpu_layers: int, n_ctx: int, n_batch: int = 512) -> Estimate:
-    info = read_gguf_info(path)
+    """`path`: a GGUF file, or its GGUFInfo when the caller has parsed it already."""
+    info = path if isinstance(path, GGUFInfo) else read_gguf_info(path)
     meta, arch = info.metadata, info.architecture
     n_layer = int(meta[f"{arch}.block_count"])
     n_embd = int(meta[f"{arch}.embedding_length"])
-    n_head = int(meta[f"{arch}.attention.head_count"])
-    n_head_kv = int(meta.get(f"{arch}.attention.head_count_kv", n_head))
-    n_ff = int(meta.get(f"{arch}.feed_forward_length", 4 * n_embd))
+    # head counts and feed-forward sizes may be per-layer arrays (one value per layer)
+    heads = _per_layer(meta[f"{arch}.attention.head_count"], n_layer)
+    heads_kv = _per_layer(meta.get(f"{arch}.attention.head_count_kv", heads), n_layer)
+    n_ff = max(_per_layer(meta.get(f"{arch}.feed_forward_length", 4 * n_embd), n_layer))
+    n_head = max(heads)
+    head_dim_k = int(meta.get(f"{arch}.attention.key_length") or (n_embd // heads[0] if heads[0] else 0))
+    head_dim_v = int(meta.get(f"{arch}.attention.value_length") or head_dim_k)
     n_vocab = next((t.shape[0] for t in info.tensors if t.name == "token_embd.weight"), 0)
     n_gpu = n_layer + 1 if n_gpu_layers < 0 else min(n_gpu_layers, n_layer + 1)
     if n_gpu == 0:
@@ -64,10 +69,18 @@ def estimate(path, n_gpu_layers: int, n_ctx: int, n_batch: int = 512) -> Estimat
     if n_gpu > n_layer and info.tensor("output.weight") is None:  # tied embeddings: the output matrix is token_embd
         weights += info.tensor("token_embd.weight").n_bytes
     n_cells = -(-n_ctx // 256) * 256
-    kv = 2 * min(n_gpu, n_layer) * n_cells * (n_embd // n_head) * n_head_kv * 2
+    kv_per_cell = sum(n_kv * (head_dim_k + head_dim_v) for n_kv in heads_kv[first_gpu_layer:]) * 2  # f16 K and V
+    kv = n_cells * kv_per_cell
     ubatch = min(n_batch, 512)
     compute = 4 * ubatch * (n_vocab + 3 * n_ff + 6 * n_embd) + 4 * ubatch * n_cells * n_head + 64 * 2**20
     return Estimate(info.path.name, weights, kv, compute)
+
+
+def _per_layer(value, n_layer: int) -> list[int]:
+    """A hyperparameter that is one integer or one per layer, as a list of n_layer integers."""
+    if isinstance(value, (list, tuple)):
+        return [int(v) for v in value] if value else [0] * n_layer
+    return [int(value)] * n_layer
 
 
 def check_fits(models: Sequence[tuple[object, int]], *, n_ctx: int, n_batch: int = 512,

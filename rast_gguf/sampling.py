@@ -17,6 +17,7 @@ from rast_gguf.errors import SamplingParamsError
 
 ORDERS = ("llama", "reference")
 SEED_RANDOM = 0xFFFFFFFF  # llama.cpp's LLAMA_DEFAULT_SEED: draw a random seed
+INT32_MAX = 2**31 - 1    # llama.cpp's top_k is an int32_t
 
 
 def _require(ok: bool, message: str) -> None:
@@ -32,6 +33,19 @@ def check_alpha(alpha: float) -> float:
 
 @dataclass(frozen=True)
 class SamplingParams:
+    """How each token is drawn after the delta is added; validated on creation (SamplingParamsError).
+
+    Fields (defaults are llama.cpp's, and the CLI's: rast_gguf.cli.options takes them from here):
+        temp: temperature; 0 means greedy (the argmax of the RAST logits). Default 0.8.
+        top_k: keep the k most likely tokens; 0 disables. Default 40.
+        top_p: keep the smallest set of tokens whose probability sums to top_p; 1.0 disables. Default 0.95.
+        min_p: drop tokens less likely than min_p times the most likely one; 0.0 disables. Default 0.05.
+        seed: RNG seed in [0, 2**32 - 1]; SEED_RANDOM (4294967295, the default) draws one.
+        order: "llama" (truncation, then temperature: llama.cpp's chain) or "reference" (temperature
+            first, as the RAST reference implementation).
+        resolved_seed: the seed actually used (seed, or the one drawn for SEED_RANDOM); not an argument.
+    """
+
     temp: float = 0.8
     top_k: int = 40
     top_p: float = 0.95
@@ -43,7 +57,7 @@ class SamplingParams:
     def __post_init__(self):
         _require(math.isfinite(self.temp) and self.temp >= 0,
                  f"--temp must be >= 0 (0 means greedy), got {self.temp}")
-        _require(self.top_k >= 0, f"--top-k must be >= 0 (0 disables it), got {self.top_k}")
+        _require(0 <= self.top_k <= INT32_MAX, f"--top-k must be in [0, {INT32_MAX}] (0 disables it), got {self.top_k}")
         _require(math.isfinite(self.top_p) and 0 < self.top_p <= 1,
                  f"--top-p must be in (0, 1], got {self.top_p}")
         _require(math.isfinite(self.min_p) and 0 <= self.min_p < 1,
@@ -55,12 +69,20 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
+        """temp <= 0: the chain ends in llama.cpp's greedy sampler."""
         return self.temp <= 0
 
 
 @dataclass(frozen=True)
 class DeltaPair:
-    """alpha * (logits of `tuned` - logits of `base`); paths to GGUF files."""
+    """One term of the delta: alpha * (logits of `tuned` - logits of `base`).
+
+    Fields:
+        tuned: path of the small RL-tuned model's GGUF file.
+        base: path of the small base model's GGUF file (the model `tuned` was trained from).
+        alpha: the coefficient (any finite number; 0 turns the pair off, negative subtracts it). Default 1.0.
+        n_gpu_layers: layers of each of the two models on the GPU (-1: all). Default 0.
+    """
 
     tuned: str
     base: str

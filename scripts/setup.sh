@@ -14,7 +14,7 @@ FIND=()
 [ -d .wheels ] && FIND=(--find-links .wheels)
 has_rpc() { .venv/bin/python -c "import sys, llama_cpp; sys.exit(0 if llama_cpp.llama_supports_rpc() else 1)" 2>/dev/null; }
 "${PIP[@]}" --upgrade pip
-"${PIP[@]}" "${FIND[@]}" "$LLAMA_CPP_PYTHON" "scikit-build-core>=0.10" "nanobind>=2.4"
+"${PIP[@]}" "${FIND[@]}" "$LLAMA_CPP_PYTHON" "scikit-build-core>=0.10" "nanobind==3.1.0"
 case " $CMAKE_ARGS " in *" -DGGML_RPC=off "*|*" -DGGML_RPC=OFF "*) has_rpc() { true; } ;; esac  # opted out
 if ! has_rpc; then
   # a wheel from pip's cache or .wheels/ built without the RPC backend: build one that has it

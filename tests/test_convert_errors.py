@@ -1,4 +1,5 @@
-"""Every user error raises ConversionError with a one-line message before anything is written."""
+"""Every user error raises ConversionError with a one-line message before anything is written; rast_gguf's
+wrapper turns it into ConvertError (a RastError, printed as one line by the CLI)."""
 
 import llama_cpp  # noqa: F401
 
@@ -11,7 +12,8 @@ import pytest
 
 from hf_fixtures import Case, cached_checkpoint, write_safetensors
 from rast_convert import ConversionError, convert_hf_to_gguf
-from rast_gguf.errors import RastError
+from rast_gguf.checkpoints import convert_checkpoint
+from rast_gguf.errors import ConvertError, RastError
 
 BASE = Case(arch="llama", dtype="f32", shards=2, seed=30)
 
@@ -148,7 +150,7 @@ def _drop_lm_head(model):
 def assert_clean_error(excinfo, fragment):
     message = str(excinfo.value)
     print(message)
-    assert isinstance(excinfo.value, RastError)
+    assert type(excinfo.value) is ConversionError
     assert "\n" not in message and message, message
     assert fragment in message, message
 
@@ -186,4 +188,13 @@ def test_bad_arguments(args, fragment, model, tmp_path):
     with pytest.raises(ConversionError) as excinfo:
         convert_hf_to_gguf(hf_dir, out_path, **call)
     assert_clean_error(excinfo, fragment)
+    assert not (tmp_path / "m.gguf").exists()
+
+
+def test_rast_gguf_maps_conversion_errors(model, tmp_path):
+    (model / "config.json").unlink()
+    with pytest.raises(ConvertError) as excinfo:
+        convert_checkpoint(model, tmp_path / "m.gguf", "q8_0", progress=False)
+    assert isinstance(excinfo.value, RastError)
+    assert "config.json" in str(excinfo.value) and "\n" not in str(excinfo.value)
     assert not (tmp_path / "m.gguf").exists()

@@ -1,7 +1,7 @@
 """Tests of rast_gguf.gguf_file: valid files written with gguf.GGUFWriter read back exactly, and
 every kind of damage (truncation, foreign formats, bad versions, corrupt lengths, types, shapes
 and offsets, random byte flips) raises a one-line GGUFFileError naming the file, never anything
-else and never a hang."""
+else and never a hang; a file is parsed once per version (one engine start parses each model once)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ import numpy as np
 import pytest
 
 from rast_gguf.errors import GGUFFileError
-from rast_gguf.gguf_file import ArrayInfo, GGUFInfo, is_gguf, read_gguf_info
+from collections import Counter
+
+from rast_gguf import gguf_file
+from rast_gguf.gguf_file import ArrayInfo, GGUFInfo, read_gguf_info
 
 Q8_0 = gguf.GGMLQuantizationType.Q8_0
 F32 = gguf.GGMLQuantizationType.F32
@@ -129,18 +132,20 @@ def test_reads_back_what_was_written(model_path):
     assert info.version == 3
     assert info.n_tensors == len(written)
     assert info.architecture == "llama"
-    assert info.name == "tiny test model"
-    assert (info.context_length, info.embedding_length, info.block_count) == (4096, N_EMBD, 1)
-    assert (info.head_count, info.head_count_kv) == (4, 2)
+    meta = info.metadata
+    assert meta["general.name"] == "tiny test model"
+    assert (meta["llama.context_length"], meta["llama.embedding_length"], meta["llama.block_count"]) == (4096, N_EMBD, 1)
+    assert (meta["llama.attention.head_count"], meta["llama.attention.head_count_kv"]) == (4, 2)
     assert info.metadata["llama.attention.layer_norm_rms_epsilon"] == pytest.approx(1e-6)
     assert info.metadata["test.small_array"] == [3, 1, 4, 1, 5]
     assert info.metadata["tokenizer.ggml.tokens"] == ArrayInfo("string", N_TOKENS)
     assert (info.tokenizer_model, info.tokenizer_pre) == ("gpt2", "qwen2")
-    assert (info.bos_id, info.eos_id, info.add_bos) == (1, 2, False)
+    assert (meta["tokenizer.ggml.bos_token_id"], meta["tokenizer.ggml.eos_token_id"]) == (1, 2)
+    assert meta["tokenizer.ggml.add_bos_token"] is False
     assert info.has_chat_template
-    assert (info.n_vocab, info.n_embd_rows) == (N_TOKENS, N_EMBD_ROWS)
+    assert info.n_vocab == N_TOKENS and info.tensor("token_embd.weight").shape[0] == N_EMBD_ROWS
     assert info.file_type == "Q8_0"
-    assert not info.is_split and info.split_count == 1
+    assert "split.count" not in meta
 
 
 def test_tensors_match_what_was_written(model_path):
@@ -154,7 +159,7 @@ def test_tensors_match_what_was_written(model_path):
         assert tensor.n_bytes == data.nbytes == int(np.prod(shape)) // block_elems * block_bytes
         n_params += int(np.prod(shape))
     assert info.n_params == n_params
-    assert info.tensor_type_counts == {"F32": 2, "Q8_0": 2}
+    assert Counter(t.type_name for t in info.tensors) == {"F32": 2, "Q8_0": 2}
 
 
 def test_offsets_agree_with_gguf_reader(model_path):
@@ -171,17 +176,16 @@ def test_short_token_array_is_kept(tmp_path):
 
 
 @pytest.mark.parametrize(("file_type", "name"), [
-    (None, "Q8_0 (guessed)"), (0, "all F32"), (1, "F16"), (15, "Q4_K - Medium"), (12, "Q3_K - Medium"),
-    (7 | 1024, "Q8_0 (guessed)"), (999, "unknown (999)")])
+    (None, "Q8_0?"), (0, "F32"), (1, "F16"), (15, "Q4_K_M"), (12, "Q3_K_M"), (7, "Q8_0"), (999, "Q8_0?")])
 def test_file_type_names(tmp_path, file_type, name):
-    # tensors F32, Q8_0, Q8_0, F32: llama.cpp's guess takes the first type to reach the top count
+    # the matrices are Q8_0: without a known general.file_type, their most common type, marked as a guess
     assert read_gguf_info(write_gguf(tmp_path / "m.gguf", file_type=file_type)).file_type == name
 
 
 def test_version_2_without_tensors(tmp_path):
     info = read_gguf_info(write_raw_gguf(tmp_path / "v2.gguf", [arch_kv()], version=2))
     assert (info.version, info.n_tensors, info.architecture, info.n_params) == (2, 0, "llama", 0)
-    assert info.n_vocab is None and info.n_embd_rows is None
+    assert info.n_vocab is None and info.tensor("token_embd.weight") is None
 
 
 def test_split_shards_validate_their_own_tensors(tmp_path):
@@ -190,20 +194,23 @@ def test_split_shards_validate_their_own_tensors(tmp_path):
     shards = sorted(tmp_path.glob("split-0000*-of-00002.gguf"))
     assert len(shards) == 2
     infos = [read_gguf_info(shard) for shard in shards]
-    assert all(info.is_split and info.split_count == 2 for info in infos)
-    assert [info.split_index for info in infos] == [0, 1]
+    assert [(info.metadata["split.count"], info.metadata["split.no"]) for info in infos] == [(2, 0), (2, 1)]
     assert sum(info.n_params for info in infos) == read_gguf_info(write_gguf(tmp_path / "whole.gguf")).n_params
 
 
-def test_is_gguf(tmp_path, model_path):
-    (tmp_path / "a.txt").write_text("hello")
-    assert is_gguf(model_path)
-    assert not is_gguf(tmp_path / "a.txt")
-    assert not is_gguf(tmp_path / "missing.gguf")
-    assert not is_gguf(tmp_path)
+def test_engine_start_parses_each_file_once(triple, monkeypatch):
+    from rast_gguf import DeltaPair, RastEngine
+
+    parsed = []
+    real_parse = gguf_file._Parser.parse
+    monkeypatch.setattr(gguf_file._Parser, "parse", lambda self, path: parsed.append(path) or real_parse(self, path))
+    # vocab-only loads, the memory estimate and the full loads all need each file's header
+    with RastEngine(triple.large, [DeltaPair(str(triple.tuned), str(triple.base))], n_ctx=64, n_threads=1):
+        pass
+    assert sorted(map(str, parsed)) == sorted(map(str, (triple.large, triple.tuned, triple.base)))
 
 
-def test_large_vocabulary_is_fast(tmp_path):
+def test_large_vocabulary_is_skipped_not_decoded(tmp_path):
     """A Qwen-sized header (152k tokens and merges, 300 tensors) on a sparse 20 GB file."""
     n_tokens, n_tensors = 152_064, 300
     tokens = b"".join(gguf_string(f"token{i}") for i in range(n_tokens))
@@ -216,12 +223,10 @@ def test_large_vocabulary_is_fast(tmp_path):
     path = write_raw_gguf(tmp_path / "big.gguf", kvs, infos)
     os.truncate(path, path.stat().st_size + n_tensors * n_bytes)  # sparse: no disk used
 
-    start = time.perf_counter()
     info = read_gguf_info(path)
-    elapsed = time.perf_counter() - start
     assert info.n_vocab == n_tokens and len(info.tensors) == n_tensors
+    assert info.metadata["tokenizer.ggml.tokens"] == ArrayInfo("string", n_tokens)  # skipped, not kept
     assert info.file_size > 5 * 10**9
-    assert elapsed < 2.0  # ~0.1 s when the machine is idle; lenient for a busy shared one
 
 
 # ----------------------------------------------------------------------------- unusable paths
@@ -290,28 +295,24 @@ def test_truncation_messages_name_the_tensor(tmp_path, model_path, model_bytes):
 
 
 @pytest.mark.parametrize(("content", "kind"), [
-    (b"hello, this is a README\n", "text file"),
-    (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "PNG image"),
-    (b"PK\x03\x04" + b"\0" * 40, "zip archive"),
-    (b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\n", "Git LFS pointer"),
-    (b"<!DOCTYPE html><html><body>Not found</body></html>", "HTML page"),
-    (b"tjgg\x03\0\0\0" + b"\0" * 40, "GGML/GGJT"),
-    (b"\x7fELF\x02\x01\x01" + b"\0" * 40, "starts with the bytes 7f 45 4c 46"),
+    (b"hello, this is a README\n", "not a GGUF file (bad magic"),
+    (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "not a GGUF file (bad magic"),
+    (b"PK\x03\x04" + b"\0" * 40, "not a GGUF file (bad magic"),
+    (b"tjgg\x03\0\0\0" + b"\0" * 40, "not a GGUF file (bad magic"),
     (b"GG", "truncated"),
 ])
-def test_foreign_files_are_recognized(tmp_path, content, kind):
+def test_foreign_files_are_refused(tmp_path, content, kind):
     path = tmp_path / "model.gguf"
     path.write_bytes(content)
     assert_gguf_error(path, kind)
-    assert not is_gguf(path)
 
 
-def test_safetensors_file_is_recognized(tmp_path):
+def test_safetensors_file_is_refused(tmp_path):
     from safetensors.numpy import save_file
 
     path = tmp_path / "model.safetensors"
     save_file({"w": np.zeros((2, 2), dtype=np.float32)}, str(path))
-    assert_gguf_error(path, "safetensors", "convert_hf_to_gguf.py")
+    assert_gguf_error(path, "not a GGUF file (bad magic", "checkpoint folder")
 
 
 @pytest.mark.parametrize(("version", "fragment"), [

@@ -118,7 +118,7 @@ def test_every_command_takes_hub_references(hub, triple, tmp_path):
 
 
 @pytest.mark.parametrize("ref, message", [
-    ("Qwen:Q4_K_M", "'Qwen:Q4_K_M' is neither an existing file nor a hub reference; use a local file or owner/repo:QUANT"),
+    ("Qwen:Q4_K_M", "'Qwen:Q4_K_M' is neither an existing file nor a hub reference; use a local file or checkpoint folder, owner/repo:QUANT"),
     ("test/quants:", "'test/quants:' is neither an existing file nor a hub reference"),
     ("test/missing:Q4_K_M", "no model repo test/missing on http://127.0.0.1:"),
     ("test/quants:nope.gguf", "no file nope.gguf in test/quants@main; its .gguf files: model-F16-00001-of-00002.gguf"),

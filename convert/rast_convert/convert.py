@@ -5,8 +5,9 @@ anything large: the output path, the output type, config.json, every safetensors
 tensor shape, the tokenizer, and the free disk space. Then it writes f32/f16/bf16/q8_0 directly,
 and every other llama.cpp type (q4_k_m, q5_k_m, q6_k, q4_0, ...) by writing a temporary
 f16 GGUF (bf16 when the checkpoint is bf16, which f16 cannot always hold) and quantizing it
-with llama.cpp's own quantizer (`rast_gguf.quantize.quantize_gguf`). The output appears only
-complete; failures raise ConversionError (or QuantizeError from llama.cpp's quantizer).
+with llama.cpp's own quantizer (`rast_convert.quantize`). The output appears only
+complete (partial files of a killed run are removed by the next one); failures raise
+ConversionError.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from rast_convert.architectures import SourceTensor, plan_tensors
 from rast_convert.errors import ConversionError
 from rast_convert.gguf_output import DIRECT_TYPES, data_nbytes, tensor_types, write_gguf
 from rast_convert.hf_config import ModelSpec, read_model_spec
+from rast_convert.partial_files import clean_leftovers, temp_dir_prefix
+from rast_convert.quantize import FTYPES, quantize
 from rast_convert.safetensors_reader import open_checkpoint
 from rast_convert.vocab import Vocabulary, read_vocabulary
 
@@ -29,8 +32,6 @@ logger = logging.getLogger("rast_convert")
 
 
 def output_type_names() -> list[str]:
-    from rast_gguf.quantize import FTYPES
-
     return sorted(set(DIRECT_TYPES) | set(FTYPES))
 
 
@@ -82,6 +83,7 @@ def convert_hf_to_gguf(hf_dir, out_path, *, out_type: str = "f16", overwrite: bo
     """
     hf_dir, out_path, out_type = Path(hf_dir), Path(out_path), out_type.lower()
     _check_paths(hf_dir, out_path, out_type, overwrite)
+    clean_leftovers(out_path)
     spec = read_model_spec(hf_dir)
     checkpoint = open_checkpoint(hf_dir)
     sources = plan_tensors(spec, checkpoint)
@@ -91,14 +93,12 @@ def convert_hf_to_gguf(hf_dir, out_path, *, out_type: str = "f16", overwrite: bo
         _check_free_space(out_path, sum(data_nbytes(s.shape, t) for s, t in tensor_types(sources, out_type)))
         return _write_direct(hf_dir, out_path, spec, vocab, sources, out_type, progress)
 
-    from rast_gguf.quantize import quantize_gguf
-
     intermediate_type = "bf16" if "BF16" in checkpoint.dtypes else "f16"
     intermediate_bytes = sum(data_nbytes(s.shape, t) for s, t in tensor_types(sources, intermediate_type))
     _check_free_space(out_path, intermediate_bytes * 3 // 2)  # the intermediate file plus a <= 8-bit result
-    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.") as tmp_dir:
+    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=temp_dir_prefix(out_path)) as tmp_dir:
         intermediate = Path(tmp_dir) / f"{out_path.stem}.{intermediate_type}.gguf"
         _write_direct(hf_dir, intermediate, spec, vocab, sources, intermediate_type, progress)
         logger.info("quantizing to %s with llama.cpp", out_type)
-        quantize_gguf(intermediate, out_path, out_type, n_threads=n_threads, overwrite=True)
+        quantize(intermediate, out_path, out_type, n_threads=n_threads, overwrite=True)
     return out_path

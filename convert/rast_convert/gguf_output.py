@@ -8,14 +8,14 @@ tensor infos first, then each tensor's data in chunks of rows read from the memo
 checkpoint, converted (bf16/f16/f32 -> f32 -> output type, q/k rows reordered) and written at
 once, so peak memory is a few chunks, not a tensor and never the model. Same-type data (f16 -> f16,
 bf16 -> bf16, f32 -> f32) is copied bit-exactly. The file is written to a hidden `.part` file
-next to `path` and renamed over `path` only when complete; on any error it is removed.
+(rast_convert.partial_files) next to `path` and renamed over `path` only when complete; on any error
+it is removed.
 The output is deterministic: same inputs, same bytes.
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,6 +24,7 @@ import numpy as np
 
 from rast_convert.architectures import SourceTensor
 from rast_convert.progress import progress_bar
+from rast_convert.partial_files import partial_path
 
 Q = gguf.GGMLQuantizationType
 # --outtype name -> (general.file_type, GGML type of the matrices)
@@ -98,7 +99,7 @@ class StreamedTensor:
 
 def write_gguf(path: Path, arch_name: str, add_metadata: Callable[[gguf.GGUFWriter], None],
                typed_sources: list[tuple[SourceTensor, Q]], progress: bool = True) -> Path:
-    part = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+    part = partial_path(path)
     total = sum(data_nbytes(source.shape, qtype) for source, qtype in typed_sources)
     bar = writer = None
     try:

@@ -90,7 +90,7 @@ def _load_json(path: Path, what: str) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConversionError(f"{path} is missing; {what}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, ValueError, RecursionError) as err:  # bad UTF-8, bad JSON, >4300-digit ints
         raise ConversionError(f"cannot read {path} ({type(err).__name__}); download it again") from None
     if not isinstance(data, dict):
         raise ConversionError(f"{path} is not a JSON object; download it again")
@@ -101,27 +101,57 @@ def read_json_if_present(path: Path) -> dict[str, Any]:
     return _load_json(path, "") if path.is_file() else {}
 
 
+_MAX_INT = 2**31 - 1  # GGUF stores these as uint32 and llama.cpp reads them into int32/uint32
+_MAX_FLOAT32 = float(np.finfo(np.float32).max)  # and these as float32
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _positive_int(config: dict[str, Any], key: str, default: int | None = None) -> int:
     value = config.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConversionError(f"config.json: '{key}' must be a positive integer, got {value!r}; fix config.json")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= _MAX_INT:
+        raise ConversionError(f"config.json: '{key}' must be an integer in [1, {_MAX_INT}], got {_show(value)}; "
+                              "fix config.json")
     return value
+
+
+def _positive_number(mapping: dict[str, Any], key: str, default: float, where: str = "") -> float:
+    value = mapping.get(key, default)
+    if (not isinstance(value, (int, float)) or isinstance(value, bool)
+            or not (math.isfinite(value) and 0 < value <= _MAX_FLOAT32)):
+        raise ConversionError(f"config.json: {where}'{key}' must be a positive float32 number, got {_show(value)}; "
+                              "fix config.json")
+    return float(value)
 
 
 def _rope_scaling(config: dict[str, Any], arch: gguf.MODEL_ARCH) -> dict[str, Any]:
     rope = config.get("rope_scaling") or config.get("rope_parameters") or {}
     if not isinstance(rope, dict):
-        raise ConversionError(f"config.json: 'rope_scaling' must be an object, got {rope!r}; fix config.json")
+        raise ConversionError(f"config.json: 'rope_scaling' must be an object, got {_show(rope)}; fix config.json")
     rope_type = rope.get("rope_type", rope.get("type"))
     if rope_type in (None, "default"):
         return {}
     rope = {**rope, "rope_type": rope_type}
-    if rope_type in ("linear", "yarn") and not isinstance(rope.get("factor"), (int, float)):
-        raise ConversionError(f"config.json: {rope_type} rope_scaling needs a numeric 'factor'; fix config.json")
-    if rope_type == "yarn" and not isinstance(rope.get("original_max_position_embeddings"), int):
+    if not isinstance(rope_type, str):
+        raise ConversionError(f"config.json: rope_scaling 'rope_type' must be a string, got {_show(rope_type)}; "
+                              "fix config.json")
+    where = f"{rope_type} rope_scaling "
+    if rope_type in ("linear", "yarn", "llama3"):
+        _positive_number(rope, "factor", None if rope_type != "llama3" else 8.0, where)
+    if rope_type == "yarn" and "original_max_position_embeddings" not in rope:
         raise ConversionError("config.json: yarn rope_scaling needs 'original_max_position_embeddings'; "
                               "fix config.json")
+    if rope_type in ("yarn", "llama3"):
+        _positive_int(rope, "original_max_position_embeddings", 8192)
     if rope_type == "llama3" and arch == gguf.MODEL_ARCH.LLAMA:
+        low = _positive_number(rope, "low_freq_factor", 1.0, where)
+        high = _positive_number(rope, "high_freq_factor", 4.0, where)
+        if high <= low:
+            raise ConversionError(f"config.json: {where}needs high_freq_factor ({high:g}) > low_freq_factor "
+                                  f"({low:g}); fix config.json")
         return rope
     if rope_type in ("linear", "yarn"):
         return rope
@@ -134,15 +164,15 @@ def read_model_spec(hf_dir: Path) -> ModelSpec:
     config = _load_json(hf_dir / "config.json", "a Hugging Face model directory must contain config.json")
     archs = config.get("architectures") or []
     hf_arch = archs[0] if isinstance(archs, list) and archs else None
-    if hf_arch not in ARCHITECTURES:
+    if not isinstance(hf_arch, str) or hf_arch not in ARCHITECTURES:
         supported = ", ".join(ARCHITECTURES)
-        raise ConversionError(f"architecture {hf_arch!r} is not supported (supported: {supported}); "
+        raise ConversionError(f"architecture {_show(hf_arch)} is not supported (supported: {supported}); "
                               "use llama.cpp's convert_hf_to_gguf.py for other models")
     arch, permute_qk = ARCHITECTURES[hf_arch]
 
     hidden_act = config.get("hidden_act", "silu")
-    if hidden_act not in ("silu", "swish"):
-        raise ConversionError(f"config.json: hidden_act '{hidden_act}' is not supported (llama.cpp's "
+    if not isinstance(hidden_act, str) or hidden_act not in ("silu", "swish"):
+        raise ConversionError(f"config.json: hidden_act {_show(hidden_act)} is not supported (llama.cpp's "
                               f"{gguf.MODEL_ARCH_NAMES[arch]} graph uses SiLU)")
 
     n_embd = _positive_int(config, "hidden_size")
@@ -166,12 +196,12 @@ def read_model_spec(hf_dir: Path) -> ModelSpec:
         raise ConversionError(f"config.json: head_dim {head_dim} x {n_head} heads != hidden_size {n_embd}, which "
                               "llama.cpp's qwen2 graph requires; fix config.json")
     attention_bias = bool(config.get("attention_bias", False))
-    rope_theta = config.get("rope_theta", (config.get("rope_parameters") or {}).get("rope_theta",
-                                                                                    _DEFAULT_ROPE_THETA))
-    rms_eps = config.get("rms_norm_eps", _DEFAULT_RMS_EPS)
-    for key, value in (("rope_theta", rope_theta), ("rms_norm_eps", rms_eps)):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-            raise ConversionError(f"config.json: '{key}' must be a positive number, got {value!r}; fix config.json")
+    rope_parameters = config.get("rope_parameters") or {}
+    if not isinstance(rope_parameters, dict):
+        raise ConversionError(f"config.json: 'rope_parameters' must be an object, got {_show(rope_parameters)}; "
+                              "fix config.json")
+    rope_theta = _positive_number(config, "rope_theta", rope_parameters.get("rope_theta", _DEFAULT_ROPE_THETA))
+    rms_eps = _positive_number(config, "rms_norm_eps", _DEFAULT_RMS_EPS)
     return ModelSpec(
         hf_arch=hf_arch, arch=arch, permute_qk=permute_qk,
         n_layer=_positive_int(config, "num_hidden_layers"),

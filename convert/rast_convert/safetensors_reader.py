@@ -111,7 +111,7 @@ def _read_index(index_path: Path) -> dict[str, str]:
         weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise TypeError
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
         raise ConversionError(f"{index_path} is not a valid safetensors index ({type(err).__name__}); "
                               "download it again") from None
     return weight_map
@@ -134,7 +134,7 @@ def read_header(path: Path) -> list[StoredTensor]:
             header = json.loads(f.read(header_len).decode("utf-8"))
     except OSError as err:
         raise ConversionError(f"cannot read {path}: {err.strerror or err}; check the file and its permissions") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # bad UTF-8, bad JSON, >4300-digit ints
         raise corrupt("header is not JSON") from None
     if not isinstance(header, dict):
         raise corrupt("header is not a JSON object")
@@ -148,6 +148,8 @@ def read_header(path: Path) -> list[StoredTensor]:
             dtype, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
         except (TypeError, KeyError, ValueError):
             raise corrupt(f"bad entry for tensor {name}") from None
+        if not isinstance(dtype, str):
+            raise corrupt(f"bad dtype for tensor {name}")
         if dtype not in STORED_DTYPES:
             raise ConversionError(f"tensor {name} in {path} has dtype {dtype}; only F32, F16 and BF16 checkpoints "
                                   "are supported (dequantize the checkpoint first)")

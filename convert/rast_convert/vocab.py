@@ -69,7 +69,7 @@ def read_vocabulary(hf_dir: Path, n_vocab: int) -> Vocabulary:
     if tokenizer_path.is_file():
         try:
             tokenizer_json = json.loads(tokenizer_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, RecursionError) as err:
             raise ConversionError(f"cannot read {tokenizer_path} ({type(err).__name__}); download it again") from None
         if not isinstance(tokenizer_json, dict) or not isinstance(tokenizer_json.get("model"), dict):
             raise ConversionError(f"{tokenizer_path} has no tokenizer model; download it again")

@@ -68,7 +68,7 @@ def read_spm_tokens(hf_dir: Path, n_vocab: int) -> tuple[list[str], list[float],
     if added_tokens_file.is_file():
         try:
             added_json = json.loads(added_tokens_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             raise ConversionError(f"cannot read {added_tokens_file}; download it again") from None
         for text, token_id in added_json.items():
             added[int(token_id)] = (text, False)  # llama.cpp makes these USER_DEFINED whatever they look like

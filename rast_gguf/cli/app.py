@@ -19,6 +19,7 @@ from rast_gguf.cli.analyze import analyze_command
 from rast_gguf.cli.generate import generate_command
 from rast_gguf.cli.pull import pull_command
 from rast_gguf.cli.rpc_server import rpc_server_command
+from rast_gguf.cli.serve import serve_command
 
 app = typer.Typer(name="rast", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="RAST decoding for GGUF models: large base + alpha * (small RL-tuned - small base).",
@@ -36,6 +37,49 @@ app.command("demo")(demo_command)
 app.command("eval")(eval_command)
 app.command("analyze")(analyze_command)
 app.command("rpc-server")(rpc_server_command)
+app.command("serve")(serve_command)
+
+
+def _usage_error_types() -> tuple[type, ...]:
+    """The exceptions Typer raises for command-line usage errors: its vendored click's
+    (typer._click, Typer >= 0.25) and, for a Typer that still uses click itself, click's."""
+    types = []
+    try:
+        from typer._click.exceptions import ClickException as VendoredClickException
+
+        types.append(VendoredClickException)
+    except ImportError:
+        pass
+    try:
+        import click
+
+        types.append(click.ClickException)
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+def _abort_types() -> tuple[type, ...]:
+    types = [typer.Abort, EOFError]
+    try:
+        import click
+
+        types.append(click.exceptions.Abort)
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+def _print_usage_error(e) -> int:
+    if type(e).__name__ == "NoArgsIsHelpError":  # `rast` alone: the help text is the answer
+        e.show()
+        return 0
+    ctx = getattr(e, "ctx", None)
+    command = ctx.command_path if ctx is not None else "rast"
+    message = " ".join(e.format_message().split())
+    print(f"error: {message} (see '{command} --help')", file=sys.stderr)
+    return e.exit_code
+
 
 # `rast batch merge ...` is its own small app: `batch` takes a positional IN.jsonl, which a click group
 # with a `merge` subcommand could not also take
@@ -66,15 +110,10 @@ def main() -> None:
         sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except (typer.Abort, EOFError):
+    except _abort_types():
         sys.exit(1)
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+    except _usage_error_types() as e:
+        sys.exit(_print_usage_error(e))
     sys.exit(exit_code if isinstance(exit_code, int) else 0)
 
 

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from rast_gguf.cli import options as o
-from rast_gguf.cli.models import placement, resolve_models
+from rast_gguf.cli.engine_setup import from_flags, sampling_from_flags
 
 
 def batch_command(
@@ -22,16 +22,19 @@ def batch_command(
                                "are not decoded again).")],
     parallel: Annotated[int, typer.Option("-np", "--parallel", help="Sequences decoded together in each context.")] = 4,
     strict: Annotated[bool, typer.Option("--strict", help="Abort on the first bad input line, before decoding.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Discard the records already in the output (made "
+                                            "with other settings) instead of resuming.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress",
                                            help="Show a progress bar on stderr (when it is a terminal).")] = True,
     large: o.Large = None, base: o.Base = None, tuned: o.Tuned = None, alpha: o.Alpha = None,
     n_predict: o.NPredict = 256, ctx_size: o.CtxSize = 4096, batch_size: o.BatchSize = 512,
     n_gpu_layers: o.NGpuLayers = 0, n_gpu_layers_small: o.NGpuLayersSmall = None, threads: o.Threads = None,
     rpc: o.Rpc = None, rpc_small: o.RpcSmall = None, tensor_split: o.TensorSplit = None,
-    temp: o.Temp = 0.8, top_k: o.TopK = 40, top_p: o.TopP = 0.95, min_p: o.MinP = 0.05,
-    seed: Annotated[int, typer.Option("-s", "--seed", help="Seed; each sample's own seed is derived from it, the "
+    flash_attn: o.FlashAttn = o.FLASH_ATTN, temp: o.Temp = o.TEMP, top_k: o.TopK = o.TOP_K, top_p: o.TopP = o.TOP_P,
+    min_p: o.MinP = o.MIN_P, seed: Annotated[int, typer.Option("-s", "--seed", help="Seed; each sample's own seed is derived from it, the "
                                       "record id and the sample index, so runs repeat exactly.")] = 0,
-    sampler_order: o.SamplerOrder = "llama", verbose: o.Verbose = False, overlap: o.Overlap = False,
+    sampler_order: o.SamplerOrder = o.ORDER, convert_type: o.ConvertType = o.CONVERT_TYPE, verbose: o.Verbose = False,
+    overlap: o.Overlap = False,
     shard: Annotated[Optional[str], typer.Option(
         "--shard", metavar="I/N", show_default=False,
         help="Run only shard I of N (I from 0 to N-1), a fixed share of the records chosen by a hash of their id; "
@@ -46,14 +49,11 @@ def batch_command(
     Sharded over a job array: rast batch problems.jsonl -o answers.jsonl --shard auto/8 ... in each task,
     then rast batch merge answers.shard-*.jsonl -o answers.jsonl --input problems.jsonl
     """
-    from rast_gguf import _llama
     from rast_gguf.batch import run_batch
-    from rast_gguf.engine import RastEngine
     from rast_gguf.jsonl import read_records
-    from rast_gguf.sampling import SamplingParams
 
-    _llama.set_verbose(verbose)
-    sampling = SamplingParams(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed, order=sampler_order)
+    flags = locals()
+    sampling = sampling_from_flags(flags)
     records, problems = read_records(input_path, sampling, n_predict)
     where = ""
     if shard is not None:
@@ -63,13 +63,12 @@ def batch_command(
         n_input = len(records)
         records = select_records(records, this_shard)
         output = shard_output_path(output, this_shard)
-        check_output_belongs(output, this_shard)
+        if not overwrite:  # --overwrite empties the file anyway
+            check_output_belongs(output, this_shard)
         where = f" (shard {this_shard}: {len(records)} of {n_input} records)"
-    large_path, pairs = resolve_models(large, base, tuned, alpha, n_gpu_layers, n_gpu_layers_small)
-    with RastEngine(large_path, pairs, n_ctx=ctx_size, n_batch=batch_size, n_threads=threads,
-                    n_gpu_layers=n_gpu_layers, **placement(rpc, rpc_small, tensor_split),
-                    n_seq_max=parallel, overlap=overlap) as engine:
-        summary = run_batch(engine, records, output, problems=problems, strict=strict, progress=progress)
+    with from_flags(flags, sampling=sampling).engine(n_seq_max=parallel) as engine:
+        summary = run_batch(engine, records, output, problems=problems, strict=strict, progress=progress,
+                            input_path=input_path, overwrite=overwrite)
     skipped = f", {len(summary.bad_lines)} bad lines skipped" if summary.bad_lines else ""
     print(f"{output}{where}: wrote {summary.n_written} records ({summary.n_resumed} already there{skipped}) | "
           f"{summary.generated_tokens} tokens in {summary.seconds:.1f} s, {summary.tokens_per_second:.1f} tokens/s",

@@ -15,7 +15,7 @@ from typing import Annotated, Optional, TextIO
 import typer
 
 from rast_gguf.cli import options as o
-from rast_gguf.cli.models import placement, resolve_models
+from rast_gguf.cli.engine_setup import from_flags
 
 PROMPT = ">>> "
 HELP = """commands:
@@ -34,36 +34,31 @@ def chat_command(
     system: Annotated[Optional[str], typer.Option("--system", help="System prompt.", show_default=False)] = None,
     raw: Annotated[bool, typer.Option("--raw", help="No chat template: the conversation is plain text (base models).")] = False,
     show_delta: Annotated[bool, typer.Option("--show-delta", help="Colour tokens by how much the small pair moved them.")] = False,
-    ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Generate past end-of-generation tokens (until -n).")] = False,
+    ignore_eos: o.IgnoreEos = False,
     n_predict: o.NPredict = 512, ctx_size: o.CtxSize = 4096, batch_size: o.BatchSize = 512,
     n_gpu_layers: o.NGpuLayers = 0, n_gpu_layers_small: o.NGpuLayersSmall = None, threads: o.Threads = None,
     rpc: o.Rpc = None, rpc_small: o.RpcSmall = None, tensor_split: o.TensorSplit = None,
-    temp: o.Temp = 0.8, top_k: o.TopK = 40, top_p: o.TopP = 0.95, min_p: o.MinP = 0.05,
-    seed: o.Seed = 0xFFFFFFFF, sampler_order: o.SamplerOrder = "llama", verbose: o.Verbose = False, overlap: o.Overlap = False,
+    flash_attn: o.FlashAttn = o.FLASH_ATTN, temp: o.Temp = o.TEMP, top_k: o.TopK = o.TOP_K, top_p: o.TopP = o.TOP_P,
+    min_p: o.MinP = o.MIN_P, seed: o.Seed = o.SEED, sampler_order: o.SamplerOrder = o.ORDER,
+    convert_type: o.ConvertType = o.CONVERT_TYPE, verbose: o.Verbose = False, overlap: o.Overlap = False,
+    draft: o.Draft = None, draft_max: o.DraftMax = 8, draft_min: o.DraftMin = 0, draft_p_min: o.DraftPMin = 0.0,
 ):
     """Chat with RAST: streaming, multi-turn, with the large model's chat template.
 
     Example: rast chat -m Qwen2.5-7B-Instruct-Q4_K_M.gguf --base Qwen2.5-1.5B-Q8_0.gguf
     --tuned Qwen2.5-1.5B-SimpleRL-Zoo-Q8_0.gguf --alpha 0.5 --system "Think step by step." --show-delta
     """
-    from rast_gguf import _llama
     from rast_gguf.chat import ChatSession
-    from rast_gguf.engine import RastEngine
-    from rast_gguf.sampling import SamplingParams
 
-    _llama.set_verbose(verbose)
-    sampling = SamplingParams(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed, order=sampler_order)
+    setup = from_flags(locals())
     if large is None and not base and not tuned and not raw:
         raw = True  # the built-in toy models are base models without a chat template
         print("the built-in toy models have no chat template: chatting in --raw mode", file=sys.stderr)
-    large_path, pairs = resolve_models(large, base, tuned, alpha, n_gpu_layers, n_gpu_layers_small)
-    with RastEngine(large_path, pairs, n_ctx=ctx_size, n_batch=batch_size, n_threads=threads,
-                    n_gpu_layers=n_gpu_layers, **placement(rpc, rpc_small, tensor_split),
-                    overlap=overlap) as engine:
-        session = ChatSession(engine, system=system, raw=raw, sampling=sampling, max_tokens=n_predict,
+    with setup.engine() as engine:
+        session = ChatSession(engine, system=system, raw=raw, sampling=setup.sampling, max_tokens=n_predict,
                               ignore_eos=ignore_eos, track_delta=show_delta)
         alphas = ", ".join(f"{p.alpha:g}" for p in engine.pairs) or "none"
-        print(f"rast chat: {Path(large_path).name} + {len(engine.pairs)} pair(s), alpha {alphas}, "
+        print(f"rast chat: {Path(setup.large).name} + {len(engine.pairs)} pair(s), alpha {alphas}, "
               f"context {engine.n_ctx}. /help lists commands; Ctrl-C stops an answer, Ctrl-D leaves.")
         run_chat(session, show_delta=show_delta)
 
@@ -115,7 +110,16 @@ def run_chat(session, *, show_delta: bool = False, out: TextIO = sys.stdout) -> 
             except EOFError:
                 print(file=out)
                 return
+            except UnicodeDecodeError as e:
+                print(f"error: the line is not UTF-8 text ({e.reason}); type it again", file=out)
+                continue
             if not line.strip():
+                continue
+            try:
+                line.encode("utf-8")
+            except UnicodeEncodeError as e:  # undecodable bytes, kept by the surrogateescape reader
+                bad = e.object[e.start:e.end].encode("utf-8", "surrogateescape")
+                print(f"error: the line is not UTF-8 text (bytes {bad.hex(' ')}); type it again", file=out)
                 continue
             try:
                 if line.startswith("/"):
@@ -201,4 +205,6 @@ def format_stats(session) -> str:
             f"tokens ({last.generation_tps:.1f} tokens/s)")
     if session.track_delta:
         line += f"; {last.changed_tokens} changed by the delta"
+    if last.speculative is not None:
+        line += f"; {last.speculative.line()}"
     return line

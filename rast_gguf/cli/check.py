@@ -36,7 +36,8 @@ def format_report(report) -> str:
     return "\n".join(lines)
 
 
-def check_command(large: o.Large = None, base: o.Base = None, tuned: o.Tuned = None, verbose: o.Verbose = False):
+def check_command(large: o.Large = None, base: o.Base = None, tuned: o.Tuned = None,
+                  convert_type: o.ConvertType = o.CONVERT_TYPE, verbose: o.Verbose = False):
     """Check that models can run together: files, shapes, quantization, vocabularies.
 
     Example: rast check -m Qwen2.5-7B-Q4_K_M.gguf --base Qwen2.5-1.5B-Q8_0.gguf --tuned SimpleRL-1.5B-Q8_0.gguf
@@ -45,7 +46,7 @@ def check_command(large: o.Large = None, base: o.Base = None, tuned: o.Tuned = N
     from rast_gguf.check import check_models
 
     _llama.set_verbose(verbose)
-    large_path, pairs = resolve_models(large, base, tuned, None, 0, None)
+    large_path, pairs = resolve_models(large, base, tuned, None, 0, None, convert_type=convert_type)
     report = check_models(str(large_path), pairs)
     typer.echo(format_report(report))
     raise typer.Exit(0 if report.ok else 1)

@@ -20,9 +20,9 @@ def convert_command(hf_dir: Annotated[Path, typer.Argument(help="Directory of a 
 
     Example: rast convert ./Qwen2.5-1.5B -o qwen2.5-1.5b-q8_0.gguf --type q8_0
     """
-    from rast_convert import convert_hf_to_gguf
+    from rast_gguf.checkpoints import convert_checkpoint
 
-    out = convert_hf_to_gguf(hf_dir, output, out_type=out_type, overwrite=force, n_threads=threads)
+    out = convert_checkpoint(hf_dir, output, out_type, overwrite=force, n_threads=threads)
     typer.echo(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {out_type})", err=True)
 
 

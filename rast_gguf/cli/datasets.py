@@ -42,7 +42,7 @@ class Workload:
 
 def resolve_workload(dataset: str, *, template: str | None, question_key: str, answer_key: str, limit: int | None,
                      toy_default_n: int, large: Path | None, base: list[Path] | None, tuned: list[Path] | None,
-                     large_rl: Path | None) -> Workload:
+                     large_rl: Path | None, convert_type: str | None = None) -> Workload:
     from rast_gguf.evaluate import PAPER_TEMPLATE, load_dataset
     from rast_gguf.hub import resolve_model_ref
 
@@ -66,6 +66,6 @@ def resolve_workload(dataset: str, *, template: str | None, question_key: str, a
         raise UsageError("give at most one pair: --base S --tuned S_RL")
     if "{question}" not in template:
         raise UsageError("the prompt template needs a {question} slot")
-    resolve = lambda ref: resolve_model_ref(ref) if ref is not None else None  # noqa: E731
+    resolve = lambda ref: resolve_model_ref(ref, convert_type) if ref is not None else None  # noqa: E731
     return Workload(problems, template, name, grader, resolve(large), resolve(base[0] if base else None),
                     resolve(tuned[0] if tuned else None), resolve(large_rl))

@@ -1,5 +1,5 @@
 """Turn the model flags of a command into (large path, [DeltaPair]); hub references are downloaded
-(rast_gguf.hub), the built-in default triple is used when no model is given."""
+and checkpoints converted (rast_gguf.hub), the built-in default triple is used when no model is given."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from rast_gguf.sampling import DeltaPair
 
 def resolve_models(large: Path | None, base: list[Path] | None, tuned: list[Path] | None,
                    alpha: list[float] | None, n_gpu_layers: int, n_gpu_layers_small: int | None,
-                   *, quiet: bool = False) -> tuple[Path, list[DeltaPair]]:
+                   *, quiet: bool = False, convert_type: str | None = None) -> tuple[Path, list[DeltaPair]]:
+    """(large model path, pairs): hub references downloaded, checkpoints converted to `convert_type` once
+    (rast_gguf.checkpoints), one alpha for all pairs or one per pair, -ngls defaulting to -ngl."""
     base, tuned, alpha = base or [], tuned or [], alpha or [1.0]
     if large is None and not base and not tuned:
         from rast_gguf.defaults import default_triple
@@ -30,8 +32,9 @@ def resolve_models(large: Path | None, base: list[Path] | None, tuned: list[Path
     if len(alpha) not in (1, len(base)) and base:
         raise UsageError(f"got {len(alpha)} --alpha values for {len(base)} pairs; give one, or one per pair")
     alphas = alpha * len(base) if len(alpha) == 1 else alpha
-    large = resolve_model_ref(large)
-    base, tuned = [resolve_model_ref(b) for b in base], [resolve_model_ref(t) for t in tuned]
+    large = resolve_model_ref(large, convert_type)
+    base = [resolve_model_ref(b, convert_type) for b in base]
+    tuned = [resolve_model_ref(t, convert_type) for t in tuned]
     ngl_small = n_gpu_layers if n_gpu_layers_small is None else n_gpu_layers_small
     pairs = [DeltaPair(str(t), str(b), a, ngl_small) for t, b, a in zip(tuned, base, alphas)]
     return large, pairs

@@ -34,13 +34,15 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from rast_gguf.errors import VocabMismatchError
-from rast_gguf.synth.tokenizer import BPEVocab, build_bpe_vocab
+from rast_gguf.synth.spm import build_spm_vocab
+from rast_gguf.synth.tokenizer import build_bpe_vocab
 
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
           "+ '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
           "{% endif %}")
 
 ARCHS = ("llama", "qwen2")
+VOCABS = ("bpe", "spm")
 _GGUF_ARCH = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2}
 _TOKENIZER_PRE = {"llama": "llama-bpe", "qwen2": "qwen2"}
 _ADD_BOS = {"llama": True, "qwen2": False}
@@ -78,6 +80,10 @@ class ModelShape:
     n_ctx_train: int = 4096
     rope_theta: float | None = None  # None: the architecture's usual value (llama 1e4, qwen2 1e6)
     rms_eps: float | None = None     # None: llama 1e-5, qwen2 1e-6
+    vocab: str = "bpe"               # "bpe" (byte-level BPE, tokenizer "gpt2") or "spm" (SentencePiece, "llama")
+    n_expert: int = 0                # > 0: a mixture of experts (llama only) using n_expert_used per token
+    n_expert_used: int = 0
+    per_layer: bool = False          # write head counts and feed-forward sizes as per-layer arrays
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -85,6 +91,11 @@ class ModelShape:
         if self.n_embd % self.n_head or self.n_head % self.n_head_kv:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head}) and n_head "
                              f"of n_head_kv ({self.n_head_kv})")
+        if self.vocab not in VOCABS:
+            raise ValueError(f"unknown vocabulary '{self.vocab}'; choose one of: {', '.join(VOCABS)}")
+        if self.n_expert and (self.arch != "llama" or not 0 < self.n_expert_used <= self.n_expert):
+            raise ValueError(f"a mixture of experts needs arch 'llama' and 0 < n_expert_used ({self.n_expert_used}) "
+                             f"<= n_expert ({self.n_expert})")
         if self.rope_theta is None:
             object.__setattr__(self, "rope_theta", _DEFAULT_ROPE_THETA[self.arch])
         if self.rms_eps is None:
@@ -123,6 +134,11 @@ SHAPES: dict[str, ModelShape] = {
     "tiny-qwen2": ModelShape("qwen2", 1024, 64, 2, 4, 2, 128, tie_embeddings=True, n_pad_tokens=24),
     "tiny-qwen2-large": ModelShape("qwen2", 1040, 128, 2, 4, 2, 256, n_pad_tokens=40),
     "tiny-llama": ModelShape("llama", 768, 64, 2, 4, 2, 128, n_pad_tokens=8),
+    # Tiny variants that exercise other loader paths: a SentencePiece vocabulary, experts, per-layer arrays.
+    "tiny-llama-spm": ModelShape("llama", 768, 64, 2, 4, 2, 128, n_pad_tokens=8, vocab="spm"),
+    "tiny-llama-moe": ModelShape("llama", 768, 64, 2, 4, 2, 64, n_pad_tokens=8, n_expert=4, n_expert_used=2),
+    "tiny-qwen2-per-layer": ModelShape("qwen2", 1024, 64, 2, 4, 2, 128, tie_embeddings=True, n_pad_tokens=24,
+                                       per_layer=True),
 }
 
 
@@ -163,6 +179,18 @@ def _tensor_specs(shape: ModelShape, logit_scale: float) -> list[_TensorSpec]:
         specs += [
             _TensorSpec(_tensor_name(T.ATTN_OUT, bid), (n_embd, n_embd), 0.0, _RESIDUAL_GAIN * n_embd ** -0.5),
             _TensorSpec(_tensor_name(T.FFN_NORM, bid), (n_embd,), 1.0, _NORM_JITTER),
+        ]
+        if shape.n_expert:
+            n_expert = shape.n_expert
+            specs += [
+                _TensorSpec(_tensor_name(T.FFN_GATE_INP, bid), (n_expert, n_embd), 0.0, n_embd ** -0.5),
+                _TensorSpec(_tensor_name(T.FFN_GATE_EXP, bid), (n_expert, n_ff, n_embd), 0.0, n_embd ** -0.5),
+                _TensorSpec(_tensor_name(T.FFN_UP_EXP, bid), (n_expert, n_ff, n_embd), 0.0, n_embd ** -0.5),
+                _TensorSpec(_tensor_name(T.FFN_DOWN_EXP, bid), (n_expert, n_embd, n_ff), 0.0,
+                            _RESIDUAL_GAIN * n_ff ** -0.5),
+            ]
+            continue
+        specs += [
             _TensorSpec(_tensor_name(T.FFN_GATE, bid), (n_ff, n_embd), 0.0, n_embd ** -0.5),
             _TensorSpec(_tensor_name(T.FFN_UP, bid), (n_ff, n_embd), 0.0, n_embd ** -0.5),
             _TensorSpec(_tensor_name(T.FFN_DOWN, bid), (n_embd, n_ff), 0.0, _RESIDUAL_GAIN * n_ff ** -0.5),
@@ -238,7 +266,7 @@ def _segment_chunks(spec: _TensorSpec, segment: int, n_rows: int, std: float, qt
 
 
 def _tensor_chunks(spec: _TensorSpec, qtype: GGMLQuantizationType, **kwargs) -> Iterator[np.ndarray]:
-    n_rows = spec.shape[0] if len(spec.shape) == 2 else 1
+    n_rows = math.prod(spec.shape[:-1])  # 1 for a vector; experts x rows for a 3-D expert tensor
     n_live = n_rows if spec.n_live_rows is None else spec.n_live_rows
     yield from _segment_chunks(spec, 0, n_live, spec.std, qtype, **kwargs)
     if n_live < n_rows:
@@ -267,7 +295,7 @@ class _GGUFWriter(gguf.GGUFWriter):
         return prefix + struct.pack("<IQ", item_type, n_items)
 
 
-def _add_metadata(writer: gguf.GGUFWriter, shape: ModelShape, vocab: BPEVocab, ftype: str, name: str,
+def _add_metadata(writer: gguf.GGUFWriter, shape: ModelShape, vocab, ftype: str, name: str,
                   chat_template: str | None) -> None:
     writer.add_name(name)
     writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
@@ -277,18 +305,30 @@ def _add_metadata(writer: gguf.GGUFWriter, shape: ModelShape, vocab: BPEVocab, f
     writer.add_context_length(shape.n_ctx_train)
     writer.add_embedding_length(shape.n_embd)
     writer.add_block_count(shape.n_layer)
-    writer.add_feed_forward_length(shape.n_ff)
-    writer.add_head_count(shape.n_head)
-    writer.add_head_count_kv(shape.n_head_kv)
+    per_layer = (lambda value: [value] * shape.n_layer) if shape.per_layer else (lambda value: value)
+    writer.add_feed_forward_length(per_layer(shape.n_ff))
+    writer.add_head_count(per_layer(shape.n_head))
+    writer.add_head_count_kv(per_layer(shape.n_head_kv))
+    if shape.n_expert:
+        writer.add_expert_count(shape.n_expert)
+        writer.add_expert_used_count(shape.n_expert_used)
     writer.add_layer_norm_rms_eps(shape.rms_eps)
     writer.add_rope_freq_base(shape.rope_theta)
     writer.add_rope_dimension_count(shape.head_dim)
 
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(_TOKENIZER_PRE[shape.arch])
-    writer.add_token_list(vocab.tokens)
-    writer.add_token_types(vocab.token_types)
-    writer.add_token_merges(vocab.merges)
+    if shape.vocab == "spm":
+        writer.add_tokenizer_model("llama")
+        writer.add_tokenizer_pre("default")
+        writer.add_token_list(vocab.tokens)
+        writer.add_token_scores(vocab.scores)
+        writer.add_token_types(vocab.token_types)
+        writer.add_unk_token_id(vocab.unk_id)
+    else:
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre(_TOKENIZER_PRE[shape.arch])
+        writer.add_token_list(vocab.tokens)
+        writer.add_token_types(vocab.token_types)
+        writer.add_token_merges(vocab.merges)
     writer.add_bos_token_id(vocab.bos_id)
     writer.add_eos_token_id(vocab.eos_id)
     writer.add_eot_token_id(vocab.eot_id)
@@ -302,7 +342,8 @@ def _add_metadata(writer: gguf.GGUFWriter, shape: ModelShape, vocab: BPEVocab, f
 def _write_direct(path: Path, shape: ModelShape, *, seed: int, ftype: str, derive_from: int | None,
                   derive_scale: float, logit_scale: float, chat_template: str | None, name: str,
                   fast_random: bool) -> None:
-    vocab = build_bpe_vocab(shape.n_vocab, shape.n_pad_tokens)
+    vocab = (build_spm_vocab(shape.n_vocab, shape.n_pad_tokens) if shape.vocab == "spm"
+             else build_bpe_vocab(shape.n_vocab, shape.n_pad_tokens))
     specs = _tensor_specs(shape, logit_scale)
     noise_scale = derive_scale / (_DERIVE_SENSITIVITY * math.sqrt(shape.n_layer))
     qtypes = [_ggml_type(spec, ftype) for spec in specs]

@@ -1,0 +1,444 @@
+#include "speculative.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+using rast_clock = std::chrono::steady_clock;
+
+static double seconds_since(rast_clock::time_point t0) {
+    return std::chrono::duration<double>(rast_clock::now() - t0).count();
+}
+
+static uint64_t splitmix64(uint64_t x) {
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+double rast_uniform(uint64_t seed, int64_t position, int32_t purpose) {
+    const uint64_t h = splitmix64(splitmix64(splitmix64(seed) ^ (uint64_t) position) ^ (uint64_t) purpose);
+    return (double) (h >> 11) * (1.0 / 9007199254740992.0);
+}
+
+enum { U_DRAFT = 0, U_ACCEPT = 1, U_RESIDUAL = 2, U_PLAIN = 3 };
+
+rast_post_chain::rast_post_chain(const rast_chain_settings & s, int32_t n_vocab) : n_vocab_(n_vocab) {
+    cur_.resize(n_vocab);
+    if (s.temp <= 0.0f) {
+        return;  // greedy: no chain
+    }
+    llama_sampler_chain_params params = llama_sampler_chain_default_params();
+    params.no_perf = true;
+    chain_ = llama_sampler_chain_init(params);
+    // the same links, in the same order, as the SamplerChain of non-speculative RAST (ext.cpp)
+    auto add_truncation = [&]() {
+        if (s.top_k > 0)    llama_sampler_chain_add(chain_, llama_sampler_init_top_k(s.top_k));
+        if (s.top_p < 1.0f) llama_sampler_chain_add(chain_, llama_sampler_init_top_p(s.top_p, 1));
+        if (s.min_p > 0.0f) llama_sampler_chain_add(chain_, llama_sampler_init_min_p(s.min_p, 1));
+    };
+    if (s.reference) {
+        if (s.temp != 1.0f) llama_sampler_chain_add(chain_, llama_sampler_init_temp(s.temp));
+        add_truncation();
+    } else {
+        add_truncation();
+        if (s.temp != 1.0f) llama_sampler_chain_add(chain_, llama_sampler_init_temp(s.temp));
+    }
+}
+
+rast_post_chain::~rast_post_chain() {
+    if (chain_) llama_sampler_free(chain_);
+}
+
+static float softmax_dense(const float * logits, int32_t n, float * probs) {
+    float max_l = -INFINITY;
+    for (int32_t i = 0; i < n; ++i) max_l = std::max(max_l, logits[i]);
+    double sum = 0.0;
+    for (int32_t i = 0; i < n; ++i) {
+        const float e = std::isfinite(logits[i]) ? std::exp(logits[i] - max_l) : 0.0f;
+        probs[i] = e;
+        sum += e;
+    }
+    const float inv = (float) (1.0 / sum);
+    float top = 0.0f;
+    for (int32_t i = 0; i < n; ++i) {
+        probs[i] *= inv;
+        top = std::max(top, probs[i]);
+    }
+    return top;
+}
+
+float rast_post_chain::apply(const float * z, float * logits_out, float * probs_out) {
+    if (!chain_) {  // greedy: the row itself (probabilities at temperature 1, for --draft-p-min)
+        if (logits_out) std::memcpy(logits_out, z, sizeof(float) * n_vocab_);
+        return softmax_dense(z, n_vocab_, probs_out);
+    }
+    for (int32_t id = 0; id < n_vocab_; ++id) cur_[id] = {id, z[id], 0.0f};
+    llama_token_data_array arr = {cur_.data(), cur_.size(), -1, false};
+    llama_sampler_apply(chain_, &arr);
+    std::fill(probs_out, probs_out + n_vocab_, 0.0f);
+    float max_l = -INFINITY;
+    for (size_t i = 0; i < arr.size; ++i) max_l = std::max(max_l, arr.data[i].logit);
+    double sum = 0.0;
+    for (size_t i = 0; i < arr.size; ++i) {
+        const float e = std::isfinite(arr.data[i].logit) ? std::exp(arr.data[i].logit - max_l) : 0.0f;
+        probs_out[arr.data[i].id] = e;
+        sum += e;
+    }
+    const float inv = (float) (1.0 / sum);
+    float top = 0.0f;
+    for (size_t i = 0; i < arr.size; ++i) {
+        float & p = probs_out[arr.data[i].id];
+        p *= inv;
+        top = std::max(top, p);
+    }
+    if (logits_out) {
+        std::fill(logits_out, logits_out + n_vocab_, -INFINITY);
+        for (size_t i = 0; i < arr.size; ++i) logits_out[arr.data[i].id] = arr.data[i].logit;
+    }
+    return top;
+}
+
+int32_t rast_argmax(const float * z, int32_t n) {
+    int32_t best = 0;
+    for (int32_t i = 1; i < n; ++i) {
+        if (z[i] > z[best]) best = i;
+    }
+    return best;
+}
+
+int32_t rast_draw(const float * probs, int32_t n, double u) {
+    double sum = 0.0;
+    for (int32_t i = 0; i < n; ++i) sum += probs[i];
+    const double target = u * sum;
+    double run = 0.0;
+    int32_t last = -1;
+    for (int32_t i = 0; i < n; ++i) {
+        if (probs[i] <= 0.0f) continue;
+        run += probs[i];
+        last = i;
+        if (run > target) return i;
+    }
+    return last;  // rounding at the very end
+}
+
+int32_t rast_accept_or_resample(const float * p, const float * q, int32_t n, int32_t d, double u_accept,
+                                double u_residual, bool wrong_residual, bool * accepted) {
+    if (u_accept * (double) q[d] < (double) p[d]) {  // u < p(d)/q(d), without dividing
+        *accepted = true;
+        return d;
+    }
+    *accepted = false;
+    const double v = u_residual;
+    // residual max(0, p - q) over the full vocabulary, drawn in two passes without a buffer
+    double sum = 0.0;
+    for (int32_t i = 0; i < n; ++i) sum += wrong_residual ? p[i] : std::max(0.0f, p[i] - q[i]);
+    if (!(sum > 0.0)) {  // p == q up to rounding: rejection had probability ~0; p is the residual's limit
+        return rast_draw(p, n, v);
+    }
+    const double target = v * sum;
+    double run = 0.0;
+    int32_t last = -1;
+    for (int32_t i = 0; i < n; ++i) {
+        const double r = wrong_residual ? p[i] : std::max(0.0f, p[i] - q[i]);
+        if (r <= 0.0) continue;
+        run += r;
+        last = i;
+        if (run > target) return i;
+    }
+    return last;
+}
+
+rast_speculator::rast_speculator(llama_context * ctx_large, std::vector<rast_pair> pairs, int32_t n_shared,
+                                 std::vector<uint8_t> excluded, const rast_chain_settings & settings, uint64_t seed,
+                                 rast_draft_kind kind, llama_context * ctx_draft, int32_t n_batch_max)
+    : ctx_large_(ctx_large), pairs_(std::move(pairs)),
+      n_vocab_(llama_vocab_n_tokens(llama_model_get_vocab(llama_get_model(ctx_large)))), n_shared_(n_shared),
+      settings_(settings), chain_p_(settings, n_vocab_), chain_q_(settings, n_vocab_), seed_(seed), kind_(kind),
+      ctx_draft_(ctx_draft), n_batch_max_(n_batch_max) {
+    if (kind_ == RAST_DRAFT_TUNED && pairs_.empty()) throw std::invalid_argument("drafting with the tuned model needs a pair");
+    if (kind_ == RAST_DRAFT_MODEL && !ctx_draft_) throw std::invalid_argument("no drafter context");
+    if (kind_ == RAST_DRAFT_TUNED) ctx_draft_ = pairs_[0].ctx_tuned;
+    allowed_.assign(n_vocab_, 0);
+    for (int32_t id = 0; id < n_shared_; ++id) allowed_[id] = id < (int32_t) excluded.size() ? !excluded[id] : 1;
+    batch_ = llama_batch_init(n_batch_max_, 0, 1);
+    z_.resize(n_vocab_);
+    post_q_.resize(n_vocab_);
+    post_.resize(n_vocab_);
+    p_.resize(n_vocab_);
+}
+
+rast_speculator::~rast_speculator() {
+    llama_batch_free(batch_);
+}
+
+void rast_speculator::start(const std::vector<llama_token> & history) {
+    if (history.empty()) throw std::invalid_argument("speculative decoding needs at least one token to start from");
+    history_.assign(history.begin(), history.end() - 1);
+    id_last_ = history.back();
+}
+
+int32_t rast_speculator::decode(llama_context * ctx, llama_batch & batch) {
+    const int32_t rc = llama_decode(ctx, batch);
+    if (rc != 0) {
+        throw std::runtime_error(rc == 1 ? "the context is full (no KV slot for the speculative batch)"
+                                         : "llama_decode failed (code " + std::to_string(rc) + ")");
+    }
+    return rc;
+}
+
+static void batch_set(llama_batch & b, int32_t i, llama_token token, llama_pos pos, bool logits) {
+    b.token[i] = token;
+    b.pos[i] = pos;
+    b.n_seq_id[i] = 1;
+    b.seq_id[i][0] = 0;
+    b.logits[i] = logits;
+}
+
+int32_t rast_speculator::draft_with_model(llama_context * ctx, int32_t k_max, float p_min, bool keep_rows) {
+    const int32_t n = (int32_t) history_.size();
+    llama_memory_t mem = llama_get_memory(ctx);
+    int32_t held = llama_memory_seq_pos_max(mem, 0) + 1;
+    if (held > n) {
+        llama_memory_seq_rm(mem, 0, n, -1);
+        held = n;
+    }
+    // catch up with the history (after a full acceptance a separate drafter lacks the last draft),
+    // then id_last: logits for the last one only
+    for (int32_t start = held; start <= n; start += n_batch_max_) {
+        const int32_t end = std::min(n + 1, start + n_batch_max_);
+        batch_.n_tokens = end - start;
+        for (int32_t pos = start; pos < end; ++pos) {
+            batch_set(batch_, pos - start, pos < n ? history_[pos] : id_last_, pos, pos == n);
+        }
+        decode(ctx, batch_);
+    }
+    const bool greedy = settings_.temp <= 0.0f;
+    const int32_t n_read = std::min(n_shared_, llama_vocab_n_tokens(llama_model_get_vocab(llama_get_model(ctx))));
+    for (int32_t j = 0;; ++j) {
+        const float * row = llama_get_logits_ith(ctx, -1);
+        if (keep_rows) {
+            std::memcpy(rows_.data() + (size_t) j * n_vocab_, row, sizeof(float) * n_read);
+            n_rows_ = j + 1;
+        }
+        if (j >= k_max) break;
+        float * zq = z_.data();
+        for (int32_t id = 0; id < n_vocab_; ++id) zq[id] = allowed_[id] ? row[id] : -INFINITY;
+        float * q = q_.data() + (size_t) j * n_vocab_;
+        llama_token d;
+        if (greedy) {
+            d = rast_argmax(zq, n_vocab_);
+            if (p_min > 0.0f && chain_q_.apply(zq, nullptr, q) < p_min) break;
+        } else {
+            const float top = chain_q_.apply(zq, nullptr, q);
+            d = rast_draw(q, n_vocab_, rast_uniform(seed_, (int64_t) n + 1 + j, U_DRAFT));
+            if (top < p_min) break;
+        }
+        drafts_.push_back(d);
+        if ((int32_t) drafts_.size() >= k_max) break;
+        batch_.n_tokens = 1;
+        batch_set(batch_, 0, d, n + j + 1, true);
+        decode(ctx, batch_);
+    }
+    return (int32_t) drafts_.size();
+}
+
+int32_t rast_speculator::draft_ngram(int32_t k_max, int32_t ngram_min, int32_t ngram_max) {
+    // prompt lookup: the longest suffix (ngram_max down to ngram_min tokens) of history + id_last
+    // that occurred before; the tokens that followed its latest earlier occurrence are the drafts
+    std::vector<llama_token> seq(history_);
+    seq.push_back(id_last_);
+    const int32_t len = (int32_t) seq.size();
+    for (int32_t size = std::min(ngram_max, len - 1); size >= std::max(1, ngram_min); --size) {
+        const llama_token * suffix = seq.data() + len - size;
+        for (int32_t end = len - 1; end >= size; --end) {  // candidate match seq[end-size, end)
+            if (std::equal(suffix, suffix + size, seq.data() + end - size)) {
+                for (int32_t i = end; i < len && (int32_t) drafts_.size() < k_max; ++i) drafts_.push_back(seq[i]);
+                break;
+            }
+        }
+        if (!drafts_.empty()) break;
+    }
+    const bool greedy = settings_.temp <= 0.0f;
+    for (size_t j = 0; !greedy && j < drafts_.size(); ++j) {  // q: one-hot on the draft
+        float * q = q_.data() + j * n_vocab_;
+        std::fill(q, q + n_vocab_, 0.0f);
+        q[drafts_[j]] = 1.0f;
+    }
+    return (int32_t) drafts_.size();
+}
+
+const float * rast_speculator::tuned_row(size_t pair, int32_t i) {
+    if (!(kind_ == RAST_DRAFT_TUNED && pair == 0)) {
+        return llama_get_logits_ith(pairs_[pair].ctx_tuned, i);
+    }
+    return drafter_row(i);
+}
+
+const float * rast_speculator::drafter_row(int32_t i) {
+    if (i < n_rows_) return rows_.data() + (size_t) i * n_vocab_;
+    // every draft was accepted: the drafter has not yet decoded the last one; its row is the next one
+    const auto t0 = rast_clock::now();
+    const int32_t k = (int32_t) drafts_.size();
+    batch_.n_tokens = 1;
+    batch_set(batch_, 0, drafts_[k - 1], (llama_pos) history_.size() + k, true);
+    decode(ctx_draft_, batch_);
+    const int32_t n_read = std::min(n_shared_, llama_vocab_n_tokens(llama_model_get_vocab(llama_get_model(ctx_draft_))));
+    std::memcpy(rows_.data() + (size_t) i * n_vocab_, llama_get_logits_ith(ctx_draft_, -1), sizeof(float) * n_read);
+    n_rows_ = i + 1;
+    lazy_seconds_ += seconds_since(t0);
+    return rows_.data() + (size_t) i * n_vocab_;
+}
+
+void rast_speculator::rast_row(int32_t i, float * z) {
+    const float * zl = llama_get_logits_ith(ctx_large_, i);
+    const size_t n_pairs = pairs_.size();
+    std::vector<const float *> t(n_pairs), b(n_pairs);
+    for (size_t k = 0; k < n_pairs; ++k) {
+        t[k] = tuned_row(k, i);
+        b[k] = llama_get_logits_ith(pairs_[k].ctx_base, i);
+    }
+    // the delta sampler's arithmetic, expression for expression (greedy output must match it bit for bit)
+    if (n_pairs == 1) {
+        const float alpha = pairs_[0].alpha;
+        for (int32_t id = 0; id < n_vocab_; ++id) {
+            if (!allowed_[id]) { z[id] = -INFINITY; continue; }
+            float logit = zl[id];
+            logit += alpha * (t[0][id] - b[0][id]);
+            z[id] = logit;
+        }
+    } else {
+        for (int32_t id = 0; id < n_vocab_; ++id) {
+            if (!allowed_[id]) { z[id] = -INFINITY; continue; }
+            float delta = 0.0f;
+            for (size_t k = 0; k < n_pairs; ++k) delta += pairs_[k].alpha * (t[k][id] - b[k][id]);
+            float logit = zl[id];
+            logit += delta;
+            z[id] = logit;
+        }
+    }
+}
+
+void rast_speculator::emit_stats(const float * zl, const float * z_rast, const float * post_logits, llama_token token) {
+    if (record) recorded.emplace_back(post_logits, post_logits + n_vocab_);
+    if (!track_delta) return;
+    llama_token large_top = -1;
+    float max_large = -INFINITY, max_rast = -INFINITY;
+    for (int32_t id = 0; id < n_vocab_; ++id) {
+        if (!allowed_[id]) continue;
+        if (zl[id] > max_large) { max_large = zl[id]; large_top = id; }
+        max_rast = std::max(max_rast, z_rast[id]);
+    }
+    double sum_large = 0.0, sum_rast = 0.0;
+    for (int32_t id = 0; id < n_vocab_; ++id) {
+        if (!allowed_[id]) continue;
+        sum_large += std::exp((double) zl[id] - max_large);
+        sum_rast  += std::exp((double) z_rast[id] - max_rast);
+    }
+    if (token < 0 || token >= n_vocab_ || !allowed_[token]) {
+        delta_stats.push_back({large_top, -INFINITY, -INFINITY});
+        return;
+    }
+    delta_stats.push_back({large_top, (float) (zl[token] - max_large - std::log(sum_large)),
+                           (float) (z_rast[token] - max_rast - std::log(sum_rast))});
+}
+
+rast_cycle_result rast_speculator::cycle(int32_t k_max, float p_min, int32_t n_min, int32_t ngram_min,
+                                         int32_t ngram_max) {
+    if (id_last_ < 0) throw std::runtime_error("call start() before cycle()");
+    k_max = std::max(0, std::min(k_max, n_batch_max_ - 1));
+    rast_cycle_result res;
+    recorded.clear();
+    delta_stats.clear();
+    drafts_.clear();
+    n_rows_ = 0;
+    lazy_seconds_ = 0.0;
+    const size_t need = (size_t) (k_max + 1) * n_vocab_;
+    if (q_.size() < need) q_.resize(need);
+    if (kind_ != RAST_DRAFT_NGRAM && rows_.size() < need) rows_.resize(need);
+    const int32_t n = (int32_t) history_.size();
+
+    auto t0 = rast_clock::now();
+    int32_t k = 0;
+    if (kind_ == RAST_DRAFT_NGRAM) {
+        k = draft_ngram(k_max, ngram_min, ngram_max);
+    } else {
+        k = draft_with_model(ctx_draft_, k_max, p_min, kind_ == RAST_DRAFT_TUNED || settings_.temp > 0.0f);
+    }
+    if (k < n_min) {
+        drafts_.clear();
+        k = 0;
+    }
+    res.t_draft = seconds_since(t0);
+
+    t0 = rast_clock::now();
+    batch_.n_tokens = k + 1;
+    batch_set(batch_, 0, id_last_, n, true);
+    for (int32_t j = 0; j < k; ++j) batch_set(batch_, j + 1, drafts_[j], n + j + 1, true);
+    std::vector<llama_context *> verifiers = {ctx_large_};
+    for (size_t p = 0; p < pairs_.size(); ++p) {
+        if (!(kind_ == RAST_DRAFT_TUNED && p == 0)) verifiers.push_back(pairs_[p].ctx_tuned);
+        verifiers.push_back(pairs_[p].ctx_base);
+    }
+    for (auto * ctx : verifiers) decode(ctx, batch_);
+    for (auto * ctx : verifiers) llama_synchronize(ctx);
+    res.t_verify = seconds_since(t0);
+
+    const bool greedy = settings_.temp <= 0.0f;
+    int32_t m = 0;
+    for (int32_t i = 0; i <= k; ++i) {
+        rast_row(i, z_.data());
+        const float * zl = llama_get_logits_ith(ctx_large_, i);
+        llama_token token;
+        bool accepted = false;
+        if (greedy) {
+            token = rast_argmax(z_.data(), n_vocab_);
+            accepted = i < k && drafts_[i] == token;
+            emit_stats(zl, z_.data(), z_.data(), token);
+        } else {
+            chain_p_.apply(z_.data(), record ? post_.data() : nullptr, p_.data());
+            const int64_t pos = (int64_t) n + 1 + i;  // index of the token this row decides
+            const double u_accept = rast_uniform(seed_, pos, U_ACCEPT), u_residual = rast_uniform(seed_, pos, U_RESIDUAL);
+            if (i < k) {
+                token = rast_accept_or_resample(p_.data(), q_.data() + (size_t) i * n_vocab_, n_vocab_, drafts_[i],
+                                                u_accept, u_residual, wrong_residual, &accepted);
+            } else if (kind_ != RAST_DRAFT_NGRAM) {
+                // the draft the drafter would propose here, decided like any draft (exact for any q)
+                float * zq = post_q_.data();
+                const float * row = drafter_row(i);
+                for (int32_t id = 0; id < n_vocab_; ++id) zq[id] = allowed_[id] ? row[id] : -INFINITY;
+                float * q = q_.data() + (size_t) i * n_vocab_;
+                chain_q_.apply(zq, nullptr, q);
+                const llama_token d = rast_draw(q, n_vocab_, rast_uniform(seed_, pos, U_DRAFT));
+                bool unused;
+                token = rast_accept_or_resample(p_.data(), q, n_vocab_, d, u_accept, u_residual, wrong_residual, &unused);
+            } else {
+                token = rast_draw(p_.data(), n_vocab_, rast_uniform(seed_, pos, U_PLAIN));
+            }
+            emit_stats(zl, z_.data(), post_.data(), token);
+        }
+        if (forced_accept >= 0 && i < k) {
+            accepted = i < forced_accept;
+            if (accepted) token = drafts_[i];
+        }
+        res.tokens.push_back(token);
+        if (!accepted) break;
+        ++m;
+    }
+    res.t_draft += lazy_seconds_;
+    res.n_drafted = k;
+    res.n_accepted = m;
+
+    // every context keeps exactly history + id_last + the accepted drafts
+    const llama_pos keep = n + m + 1;
+    for (auto * ctx : verifiers) llama_memory_seq_rm(llama_get_memory(ctx), 0, keep, -1);
+    if (kind_ != RAST_DRAFT_NGRAM) llama_memory_seq_rm(llama_get_memory(ctx_draft_), 0, keep, -1);
+    history_.push_back(id_last_);
+    history_.insert(history_.end(), drafts_.begin(), drafts_.begin() + m);
+    id_last_ = res.tokens.back();
+    return res;
+}

@@ -1,0 +1,141 @@
+// Speculative RAST: one cycle = draft k tokens, verify them with ONE batched llama_decode of the
+// k+1 positions in every verifying context, accept with the speculative-sampling rule, roll back.
+//
+// p (the target) is the RAST distribution after the whole chain: z_large + sum alpha (z_tuned -
+// z_base) on the shared ids (-inf on padding/unused ids and ids >= n_shared, as the delta sampler
+// does, with the same float arithmetic), then llama.cpp's own top-k / top-p / min-p / temperature
+// samplers in the chosen order, then softmax (what the dist sampler draws from). q is the drafter's
+// distribution through the same chain, as it sampled (one-hot for n-gram drafts). A draft d is
+// accepted with probability min(1, p(d)/q(d)); on rejection the token is drawn from the
+// normalised max(0, p - q) over the full vocabulary; after k acceptances one more token is drawn
+// from p (Leviathan et al. 2023, Chen et al. 2023): every emitted token is distributed exactly as
+// RAST's. Greedy (temp <= 0): drafts are the drafter's argmax and are accepted while they equal
+// RAST's argmax (first maximum, as llama.cpp's greedy sampler). Sampling, the token after the last
+// accepted draft is made the same way from a draft the drafter would have proposed there (a draw
+// from its q at that row, exact like any draft), and every draw for the token at position t uses
+// uniforms keyed by (seed, t): the output then does not depend on the draft lengths chosen.
+//
+// Drafters: the first pair's tuned model (its logits rows at the drafted positions are exactly the
+// z_tuned RAST needs there: they are copied while drafting and that context is left out of the
+// verify batch), a separate model context, or n-gram prompt lookup over the token history.
+#pragma once
+
+#include "delta_sampler.h"
+#include "llama.h"
+
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+struct rast_chain_settings {
+    float   temp      = 0.8f;   // <= 0: greedy
+    int32_t top_k     = 40;
+    float   top_p     = 0.95f;
+    float   min_p     = 0.05f;
+    bool    reference = false;  // temperature before truncation (the RAST reference) instead of after
+};
+
+// llama.cpp's truncation + temperature samplers (no delta, no final draw) in the order RAST's
+// chain uses; turns a dense logit row into the dense post-chain logits and probabilities.
+class rast_post_chain {
+  public:
+    rast_post_chain(const rast_chain_settings & s, int32_t n_vocab);
+    ~rast_post_chain();
+    rast_post_chain(const rast_post_chain &) = delete;
+    rast_post_chain & operator=(const rast_post_chain &) = delete;
+
+    // z: n_vocab logits (-inf = never). logits_out (may be null): post-chain logits, -inf where
+    // removed. probs_out: softmax of those (0 where removed). Returns the top probability.
+    float apply(const float * z, float * logits_out, float * probs_out);
+
+  private:
+    llama_sampler *               chain_ = nullptr; // null when greedy
+    int32_t                       n_vocab_;
+    std::vector<llama_token_data> cur_;
+};
+
+// Index of the first maximum of z[0..n) (llama.cpp's greedy rule).
+int32_t rast_argmax(const float * z, int32_t n);
+
+// Draw from the distribution probs[0..n) (need not be normalised; sum > 0) with u in [0, 1).
+int32_t rast_draw(const float * probs, int32_t n, double u);
+
+// The speculative-sampling decision for one draft d drawn from q: accept (returns d) when
+// u_accept < p(d)/q(d), else a draw (with u_residual) from normalised max(0, p - q). wrong_residual
+// (tests only) draws from p instead: the rule then is no longer exact. *accepted says which happened.
+int32_t rast_accept_or_resample(const float * p, const float * q, int32_t n, int32_t d, double u_accept,
+                                double u_residual, bool wrong_residual, bool * accepted);
+
+// A uniform in [0, 1) that depends only on (seed, position, purpose): the draws for the token at a
+// position are the same whatever draft length led there, so a seeded run repeats exactly although
+// the adaptive draft length follows timings.
+double rast_uniform(uint64_t seed, int64_t position, int32_t purpose);
+
+enum rast_draft_kind { RAST_DRAFT_TUNED = 0, RAST_DRAFT_MODEL = 1, RAST_DRAFT_NGRAM = 2 };
+
+struct rast_cycle_result {
+    std::vector<llama_token> tokens;     // emitted: the accepted drafts, then one sampled token
+    int32_t                  n_drafted = 0;
+    int32_t                  n_accepted = 0;
+    double                   t_draft = 0.0;  // seconds drafting (drafter decodes + q)
+    double                   t_verify = 0.0; // seconds of the batched verify decode (synchronised)
+};
+
+class rast_speculator {
+  public:
+    rast_speculator(llama_context * ctx_large, std::vector<rast_pair> pairs, int32_t n_shared,
+                    std::vector<uint8_t> excluded, const rast_chain_settings & settings, uint64_t seed,
+                    rast_draft_kind kind, llama_context * ctx_draft, int32_t n_batch_max);
+    ~rast_speculator();
+
+    // history: the tokens so far; every RAST context must hold history[0..n-1) (the last one is
+    // decoded by the first cycle). A separate drafter context may hold any prefix of it.
+    void start(const std::vector<llama_token> & history);
+
+    // One cycle with up to k_max drafts (stopping when the drafter's top probability < p_min;
+    // fewer than n_min drafts are dropped). On return every RAST context holds n_past() tokens.
+    rast_cycle_result cycle(int32_t k_max, float p_min, int32_t n_min, int32_t ngram_min, int32_t ngram_max);
+
+    int32_t n_past() const { return (int32_t) history_.size(); }
+    void set_seed(uint64_t seed) { seed_ = seed; }
+
+    bool wrong_residual = false;  // tests only (see rast_accept_or_resample)
+    int32_t forced_accept = -1;   // benchmarks only: >= 0 accepts exactly min(this, k) drafts per cycle
+                                  // whatever p says (times a cycle at a fixed accepted length; the
+                                  // output is then NOT RAST's)
+    bool record = false;          // keep the post-chain logits of each emitted token
+    bool track_delta = false;     // keep rast_delta_stats of each emitted token
+    std::vector<std::vector<float>> recorded;     // per emitted token of the last cycle
+    std::vector<rast_delta_stats>   delta_stats;  // per emitted token of the last cycle
+
+  private:
+    int32_t draft_with_model(llama_context * ctx, int32_t k_max, float p_min, bool keep_rows);
+    int32_t draft_ngram(int32_t k_max, int32_t ngram_min, int32_t ngram_max);
+    const float * drafter_row(int32_t i);  // the drafter's logits for row i (tuned/model drafters)
+    void    rast_row(int32_t i, float * z);  // RAST logits of verify row i
+    const float * tuned_row(size_t pair, int32_t i);
+    void    emit_stats(const float * z_large, const float * z_rast, const float * post_logits, llama_token token);
+    int32_t decode(llama_context * ctx, llama_batch & batch);
+
+    llama_context *          ctx_large_;
+    std::vector<rast_pair>   pairs_;
+    int32_t                  n_vocab_, n_shared_;
+    std::vector<uint8_t>     allowed_;  // n_vocab: 1 where RAST may pick the id
+    rast_chain_settings      settings_;
+    rast_post_chain          chain_p_, chain_q_;
+    uint64_t                 seed_;
+    rast_draft_kind          kind_;
+    llama_context *          ctx_draft_;
+    int32_t                  n_batch_max_;
+    llama_batch              batch_;
+
+    std::vector<llama_token> history_;   // tokens every RAST context holds
+    llama_token              id_last_ = -1;  // sampled, decoded nowhere yet
+    std::vector<llama_token> drafts_;
+    std::vector<float>       q_;          // drafts x n_vocab: q of each draft (sampled drafting)
+    std::vector<float>       rows_;       // (drafts + 1) x n_vocab: the drafter's copied rows (tuned)
+    int32_t                  n_rows_ = 0; // rows copied
+    double                   lazy_seconds_ = 0.0; // drafter decode of the last draft after a full acceptance
+    std::vector<float>       z_, post_, post_q_, p_;
+};

@@ -1,0 +1,143 @@
+"""Speculative RAST timings for `rast bench --speculative`, side by side in one process.
+
+`cycle_bench(setup)`: on the synthetic models of `rast_gguf.bench` (real shapes, random weights, so
+drafts are never accepted on their own) the speculator is forced to accept exactly m of its k
+drafts per cycle (`Speculator.set_forced_accept`: TIMING ONLY, the output is then not RAST's) and the
+mean seconds of a cycle T(k, m) is measured for every m <= k, for speculative RAST (drafted by the
+tuned model) and for the large model drafted by the small base model alone (plain speculative
+decoding, no delta). Tokens/s at a per-token acceptance a: a draft is accepted with probability a
+until the first rejection, so P(m) = a^m (1 - a) for m < k and a^k for m = k, and tokens/s(a) =
+max over k of E[m + 1] / E[T(k, m)]. The large model alone and plain RAST are timed in the same run
+(`rast_gguf.bench.bench_engine`), so the ratios are side by side.
+
+`toy_acceptance()`: the real thing on the shipped toy triple: acceptance and end-to-end tokens/s of
+speculative vs plain RAST (greedy) per alpha, over the same prompts.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+
+from rast_gguf.bench import BenchSetup, bench_engine, check_setup, synthetic_models
+from rast_gguf.engine import RastEngine
+from rast_gguf.sampling import DeltaPair, SamplingParams
+from rast_gguf.speculative import DraftParams, make_speculator
+
+ACCEPTANCES = (0.5, 0.6, 0.7, 0.8, 0.9)
+DRAFT_LENGTHS = (1, 2, 3, 4, 6, 8)
+
+
+def _cycle_times(engine: RastEngine, prompt: list[int], ks, n_cycles: int) -> dict[tuple[int, int], float]:
+    """Median seconds of a cycle with k drafts of which exactly m are accepted."""
+    spec = make_speculator(engine, SamplingParams(temp=0))
+    times: dict[tuple[int, int], float] = {}
+    try:
+        def restart():
+            engine.rewind(len(prompt) - 1)
+            spec.start(prompt)
+
+        restart()
+        for k in ks:
+            for m in range(k + 1):
+                spec.set_forced_accept(m)
+                runs = []
+                for i in range(n_cycles + 1):  # the first one warms this length up
+                    if spec.n_past + k + 2 >= engine.n_ctx:
+                        restart()
+                    t0 = time.perf_counter()
+                    spec.cycle(k, 0.0, 0, 1, 4)
+                    if i:
+                        runs.append(time.perf_counter() - t0)
+                times[(k, m)] = statistics.median(runs)
+    finally:
+        spec.close()
+    return times
+
+
+def tokens_per_second(times: dict[tuple[int, int], float], a: float) -> tuple[float, int]:
+    """(best expected tokens/s, its k) at per-token acceptance a."""
+    best = (0.0, 0)
+    for k in sorted({k for k, _ in times}):
+        probs = [a ** m * (1 - a) for m in range(k)] + [a ** k]
+        tokens = sum(p * (m + 1) for m, p in enumerate(probs))
+        seconds = sum(p * times[(k, m)] for m, p in enumerate(probs))
+        best = max(best, (tokens / seconds, k))
+    return best
+
+
+def cycle_bench(setup: BenchSetup, ks=DRAFT_LENGTHS, n_cycles: int = 5, log=print) -> dict:
+    check_setup(setup)
+    paths = synthetic_models(setup)
+    large, tuned, base = paths
+    log(f"models ready: {', '.join(p.name for p in paths)}")
+    runs = {mode: bench_engine(setup, mode, paths) for mode in ("alone", "sequential")}
+    alone, rast = runs["alone"]["tg_tps"], runs["sequential"]["tg_tps"]
+    log(f"{setup.label()}: large alone {alone:.1f} tok/s, RAST {rast:.1f} tok/s")
+    n_ctx = setup.n_prompt + 512
+    rng = random.Random(0)
+    result = {"config": setup.label(), "alone_tps": alone, "rast_tps": rast, "modes": {}}
+    for mode, pairs, draft in (
+            ("speculative RAST (tuned drafts)", [DeltaPair(str(tuned), str(base), setup.alpha, setup.n_gpu_layers_small)],
+             DraftParams("tuned", n_max=max(ks), adaptive=False)),
+            ("large + small base drafter (no delta)", [], DraftParams(str(base), n_max=max(ks), adaptive=False))):
+        with RastEngine(large, pairs, n_ctx=n_ctx, n_batch=min(512, setup.n_prompt), n_threads=setup.n_threads,
+                        n_gpu_layers=setup.n_gpu_layers, draft=draft) as engine:
+            low = min(1000, engine.n_shared // 4)
+            prompt = [rng.randrange(low, engine.n_shared - low) for _ in range(setup.n_prompt)]
+            engine.feed(prompt[:-1])
+            times = _cycle_times(engine, prompt, ks, n_cycles)
+        rows = []
+        for a in ACCEPTANCES:
+            tps, k = tokens_per_second(times, a)
+            rows.append({"acceptance": a, "tps": round(tps, 1), "k": k, "vs_alone": round(tps / alone, 3),
+                         "vs_rast": round(tps / rast, 3)})
+            log(f"{setup.label()}: {mode:38s} a={a:.1f} k={k}: {tps:7.1f} tok/s  {tps / alone:.2f} x alone  "
+                f"{tps / rast:.2f} x RAST  [forced acceptance: timing only]")
+        result["modes"][mode] = {"cycle_ms": {f"{k},{m}": round(1e3 * t, 3) for (k, m), t in times.items()},
+                                 "by_acceptance": rows}
+    return result
+
+
+def toy_acceptance(alphas=(0.5, 1.0, 2.0), n_prompts: int = 8, max_tokens: int = 64, n_threads: int | None = None,
+                   log=print) -> list[dict]:
+    """Acceptance and end-to-end speedup of speculative RAST on the shipped toy triple (greedy)."""
+    from rast_gguf.defaults import default_triple
+    from rast_gguf.generate import generate
+    from rast_gguf.toy_task import problems
+
+    large, base, tuned = default_triple()
+    prompts = [p.prompt for p in problems(0, n_prompts, held_out=True)]
+    greedy = SamplingParams(temp=0)
+    rows = []
+    with RastEngine(large, [], n_ctx=512, n_threads=n_threads) as alone:
+        t0, n_alone = time.perf_counter(), 0
+        for prompt in prompts:
+            n_alone += len(generate(alone, prompt, max_tokens=max_tokens, sampling=greedy).tokens)
+        alone_tps = n_alone / (time.perf_counter() - t0)
+    for alpha in alphas:
+        pairs = [DeltaPair(str(tuned), str(base), alpha)]
+        row = {"alpha": alpha, "alone_tps": round(alone_tps, 1)}
+        for name, draft in (("rast", None), ("speculative", "tuned")):
+            with RastEngine(large, pairs, n_ctx=512, n_threads=n_threads, draft=draft) as engine:
+                n_tokens, drafted, accepted, cycles = 0, 0, 0, 0
+                t0 = time.perf_counter()
+                for prompt in prompts:
+                    r = generate(engine, prompt, max_tokens=max_tokens, sampling=greedy)
+                    n_tokens += len(r.tokens)
+                    if r.speculative:
+                        drafted += r.speculative.n_drafted
+                        accepted += r.speculative.n_accepted
+                        cycles += r.speculative.n_cycles
+                row[f"{name}_tps"] = round(n_tokens / (time.perf_counter() - t0), 1)
+                row[f"{name}_tokens"] = n_tokens
+        row["acceptance"] = round(accepted / max(drafted, 1), 3)
+        row["accepted_per_cycle"] = round(accepted / max(cycles, 1), 2)
+        row["speedup_vs_rast"] = round(row["speculative_tps"] / row["rast_tps"], 2)
+        row["speculative_vs_alone"] = round(row["speculative_tps"] / alone_tps, 2)
+        log(f"toy triple alpha {alpha:g}: acceptance {row['acceptance']:.2f} ({row['accepted_per_cycle']} per cycle); "
+            f"RAST {row['rast_tps']} tok/s, speculative {row['speculative_tps']} tok/s "
+            f"({row['speedup_vs_rast']:.2f} x RAST, {row['speculative_vs_alone']:.2f} x large alone {alone_tps:.1f})")
+        rows.append(row)
+    return rows

@@ -1,0 +1,267 @@
+"""Speculative RAST: the same token distribution as plain RAST, fewer sequential decodes.
+
+A cycle (C++, bindings/speculative.cpp) drafts up to k tokens, verifies them with ONE batched
+llama_decode of the k+1 positions in the large model and the small base model(s), accepts them
+with the speculative-sampling rule (accept d with probability min(1, p(d)/q(d)); on rejection draw
+from the normalised max(0, p - q) over the full vocabulary; after k acceptances draw one more from
+p), and rolls every context back to the accepted length. p is RAST's distribution after the whole
+chain, q the drafter's as it sampled, so every emitted token is distributed exactly as RAST's;
+greedy output is token for token RAST's greedy output. Every draw for the token at position t is
+keyed by (seed, t) and the token after the accepted drafts is decided from a draft the drafter
+would have made there, so a seeded run repeats exactly even though the adaptive draft length
+follows the machine's timings (the draws differ from plain RAST's for the same seed; the
+distribution is the same). Drafters (`DraftParams.source`):
+"tuned", the first pair's tuned model (its logits at the drafted positions are the z_tuned RAST
+needs there, so it is left out of the verify batch), "ngram" (prompt lookup: the tokens that
+followed the latest earlier occurrence of the longest matching suffix, no model), or the path of
+a separate GGUF drafter (loaded by RastEngine, same vocabulary check as the pairs).
+
+Draft length (`DraftLength`): each cycle takes the k in [draft_min, draft_max] that maximises the
+expected emitted tokens per second, E(k) / T(k), with E(k) = 1 + a + ... + a^k for the running
+acceptance rate a (accepted / (accepted + rejections), decayed per cycle, prior 1/2) and T(k) = (k +
+1) t_draft + t_verify(k + 1): t_draft the drafter's time per decode, t_verify(n) the verify decode of
+n positions, both timed once when the engine first speculates (`calibrate`) and then followed by an
+exponential moving average of the cycles' own timings. On a GPU t_verify steps up past a few tokens,
+on a CPU it grows about linearly; the rule follows whichever the machine shows. When k = 0 wins,
+every 8th cycle still drafts one token so that the acceptance estimate can recover.
+`--draft-p-min` (llama.cpp's rule) ends a draft early when the drafter's top probability falls
+below it; drafts shorter than `--draft-min` are dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rast_gguf import _ext
+from rast_gguf.errors import UsageError
+
+DRAFT_KINDS = ("tuned", "ngram")
+DEFAULT_DRAFT_MAX = 8
+NGRAM_SIZES = (1, 4)      # prompt lookup tries suffixes of 4 tokens down to 1
+_DECAY = 0.95             # weight of the past in the acceptance estimate, per cycle
+_EMA = 0.2                # weight of a new timing in the cost averages
+_PROBE_EVERY = 8          # when k = 0 is best, draft one token every this many cycles anyway
+
+
+@dataclass(frozen=True)
+class DraftParams:
+    """--draft SOURCE (tuned | ngram | PATH), --draft-max, --draft-min, --draft-p-min."""
+
+    source: str = "tuned"
+    n_max: int = DEFAULT_DRAFT_MAX
+    n_min: int = 0
+    p_min: float = 0.0
+    adaptive: bool = True   # False: always ask for n_max (benchmarks at fixed lengths, tests)
+
+    def __post_init__(self):
+        source = str(self.source)
+        object.__setattr__(self, "source", source)
+        if self.kind == "model" and not Path(source).expanduser().is_file():
+            raise UsageError(f"--draft {source!r}: not 'tuned', 'ngram' or an existing GGUF file")
+        if not 0 <= self.n_max <= 64:
+            raise UsageError(f"--draft-max must be in [0, 64], got {self.n_max}")
+        if not 0 <= self.n_min <= self.n_max:
+            raise UsageError(f"--draft-min must be in [0, --draft-max], got {self.n_min} (--draft-max {self.n_max})")
+        if not 0.0 <= self.p_min <= 1.0:
+            raise UsageError(f"--draft-p-min must be in [0, 1], got {self.p_min}")
+
+    @property
+    def kind(self) -> str:
+        """'tuned', 'ngram' or 'model' (a separate drafter file)."""
+        return self.source if self.source in DRAFT_KINDS else "model"
+
+
+def as_draft_params(draft: DraftParams | str | None) -> DraftParams | None:
+    if draft is None or isinstance(draft, DraftParams):
+        return draft
+    return DraftParams(source=str(draft))
+
+
+@dataclass
+class SpecStats:
+    """Running totals of one generation."""
+
+    n_cycles: int = 0
+    n_drafted: int = 0
+    n_accepted: int = 0
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted drafts / drafted tokens (llama.cpp's definition)."""
+        return self.n_accepted / self.n_drafted if self.n_drafted else 0.0
+
+    @property
+    def mean_accepted(self) -> float:
+        """Accepted drafts per cycle (each cycle emits this plus one token)."""
+        return self.n_accepted / self.n_cycles if self.n_cycles else 0.0
+
+    def line(self) -> str:
+        return (f"draft: {self.n_drafted} drafted, {self.n_accepted} accepted ({100 * self.acceptance_rate:.0f}%), "
+                f"{self.mean_accepted:.2f} accepted per cycle")
+
+
+class DraftLength:
+    """The adaptive draft-length rule of the module docstring."""
+
+    def __init__(self, params: DraftParams, t_draft: float, t_verify: dict[int, float]):
+        self.params = params
+        self.t_draft = t_draft
+        self.t_verify = dict(t_verify)
+        self.accepted, self.rejected = 1.0, 1.0  # prior: a = 1/2
+        self.n_cycles = 0
+
+    @property
+    def acceptance(self) -> float:
+        return self.accepted / (self.accepted + self.rejected)
+
+    def expected_tokens(self, k: int) -> float:
+        a = self.acceptance
+        return float(k + 1) if a >= 1.0 else (1.0 - a ** (k + 1)) / (1.0 - a)
+
+    def cost(self, k: int) -> float:
+        n = k + 1
+        if n not in self.t_verify:  # not timed: the nearest timed length below (or above)
+            below = [m for m in self.t_verify if m < n]
+            n = max(below) if below else min(self.t_verify)
+        return (k + 1) * self.t_draft + self.t_verify[n]
+
+    def choose(self, k_cap: int) -> int:
+        """k for the next cycle, at most k_cap (room left in the context and in max_tokens)."""
+        p = self.params
+        k_hi = min(p.n_max, k_cap)
+        if not p.adaptive or k_hi <= 0:
+            return max(0, k_hi)
+        k_lo = min(p.n_min, k_hi)
+        best = max(range(k_lo, k_hi + 1), key=lambda k: self.expected_tokens(k) / self.cost(k))
+        if best == 0 and self.n_cycles % _PROBE_EVERY == 0:
+            best = 1
+        return best
+
+    def update(self, n_drafted: int, n_accepted: int, t_draft: float, t_verify: float) -> None:
+        self.n_cycles += 1
+        self.accepted = _DECAY * self.accepted + n_accepted
+        self.rejected = _DECAY * self.rejected + (1 if n_accepted < n_drafted else 0)
+        self.t_draft += _EMA * (t_draft / (n_drafted + 1) - self.t_draft)
+        n = n_drafted + 1
+        self.t_verify[n] = t_verify if n not in self.t_verify else self.t_verify[n] + _EMA * (t_verify - self.t_verify[n])
+
+
+def verifying_contexts(engine) -> list:
+    """The contexts a verify batch goes to: all RAST contexts but the drafting tuned one."""
+    skip = engine.pair_contexts[0][0] if engine.draft.kind == "tuned" else None
+    ctxs = [engine.ctx_large] + [c for pair in engine.pair_contexts for c in pair]
+    return [c for c in ctxs if c is not skip]
+
+
+def drafter_context(engine):
+    kind = engine.draft.kind
+    return engine.pair_contexts[0][0] if kind == "tuned" else engine.ctx_draft if kind == "model" else None
+
+
+def calibrate(engine, last_token: int) -> tuple[float, dict[int, float]]:
+    """(seconds per drafter decode, {n: seconds of a verify decode of n positions}) timed right
+    after the engine's current tokens; nothing stays in the contexts."""
+    from rast_gguf.handles import Batch
+
+    n_past, n_max = engine.n_past, engine.draft.n_max
+    room = engine.n_ctx - n_past
+    verify = verifying_contexts(engine)
+    drafter = drafter_context(engine)
+    t_verify: dict[int, float] = {}
+    batch = Batch(n_max + 1)
+    try:
+        for n in range(1, min(n_max + 1, room) + 1):
+            batch.set_entries([last_token] * n, list(range(n_past, n_past + n)), [0] * n, [True] * n)
+            t0 = time.perf_counter()
+            for ctx in verify:
+                ctx.decode(batch)
+            for ctx in verify:
+                ctx.synchronize()
+            t_verify[n] = time.perf_counter() - t0
+            for ctx in verify:
+                ctx.remove_from(n_past)
+        t_draft = 0.0
+        if drafter is not None and room > 0:
+            batch.set_tokens([last_token], n_past)
+            t0 = time.perf_counter()
+            drafter.decode(batch)
+            drafter.synchronize()
+            t_draft = time.perf_counter() - t0
+            drafter.remove_from(n_past)
+    finally:
+        batch.close()
+    return t_draft, t_verify or {1: 1.0}
+
+
+def make_speculator(engine, sampling) -> "_ext.Speculator":
+    pairs = [(p.alpha, tuned.address, base.address) for p, (tuned, base) in zip(engine.pairs, engine.pair_contexts)]
+    kind = engine.draft.kind
+    ctx_draft = engine.ctx_draft.address if kind == "model" else 0
+    return _ext.Speculator(engine.ctx_large.address, pairs, engine.n_shared, sampling.temp, sampling.top_k,
+                           sampling.top_p, sampling.min_p, sampling.resolved_seed, sampling.order, kind, ctx_draft,
+                           min(engine.n_batch, engine.draft.n_max + 1))
+
+
+def stream_speculative(engine, *, history: Sequence[int], max_tokens: int, sampling, steps, record_logits: bool = False,
+                       track_delta: bool = False) -> Iterator[tuple]:
+    """Yield (token, text, finish, logits, delta_stats, SpecStats, generation tokens/s) per token.
+
+    The engine must hold history[:-1] or history; on exit it holds history plus every yielded
+    token but the last (as after plain RAST)."""
+    history = list(history)
+    if not history:
+        raise UsageError("speculative decoding needs the tokens the engine holds (give history=...)")
+    if engine.n_past == len(history):
+        engine.rewind(len(history) - 1)  # the last token is decoded again, inside the first verify batch
+    elif engine.n_past != len(history) - 1:
+        raise UsageError(f"the engine holds {engine.n_past} tokens but the history has {len(history)}")
+    p = engine.draft
+    if engine._draft_costs is None:
+        engine._draft_costs = calibrate(engine, history[-1])
+    rule = DraftLength(p, *engine._draft_costs)
+    spec = make_speculator(engine, sampling)
+    spec.set_record(record_logits)
+    spec.set_track_delta(track_delta)
+    spec.start(history)
+    stats = SpecStats()
+    n_start = len(history) - 1
+    n_yielded = 0
+    t_gen = time.perf_counter()
+    try:
+        while True:
+            n_held = spec.n_past  # tokens every context holds; the pending token goes at n_held
+            k_cap = min(engine.n_ctx - n_held - 1, max_tokens - n_yielded - 1)
+            k = rule.choose(k_cap)
+            try:
+                tokens, n_drafted, n_accepted, t_draft, t_verify = spec.cycle(k, p.p_min, p.n_min, *NGRAM_SIZES)
+            except RuntimeError as e:
+                from rast_gguf.errors import DecodeError
+
+                raise DecodeError(f"speculative decoding failed: {e}") from e
+            engine.n_past = spec.n_past
+            rule.update(n_drafted, n_accepted, t_draft, t_verify)
+            stats.n_cycles += 1
+            stats.n_drafted += n_drafted
+            stats.n_accepted += n_accepted
+            deltas = spec.delta_stats() if track_delta else None
+            for j, token in enumerate(tokens):
+                pos = n_start + n_yielded + 1  # where this token would be decoded
+                text, finish = steps.push(token, pos)
+                n_yielded += 1
+                logits = spec.recorded_logits(j) if record_logits else None
+                gen_tps = n_yielded / max(time.perf_counter() - t_gen, 1e-9)
+                yield token, text, finish, logits, deltas[j] if deltas else None, stats, gen_tps
+                if finish:
+                    return
+    finally:
+        spec.close()
+        # as after plain RAST: history + the yielded tokens but the last one
+        keep = n_start + max(n_yielded, 1)
+        if engine.n_past >= keep:
+            engine.rewind(keep)
+        else:  # nothing decoded yet: give the last history token back, as it was
+            engine.rewind(engine.n_past)
+            engine.feed(history[-1:])

@@ -1,0 +1,374 @@
+"""Speculative RAST is exact: greedy output is token for token plain RAST's, sampled tokens follow
+RAST's distribution (chi-square against the distribution computed in numpy from each model run
+alone), and a deliberately wrong residual is caught by the same test."""
+
+import llama_cpp  # noqa: F401
+
+import math
+
+import numpy as np
+import pytest
+
+from conftest import Triple, make_triple, tiny_shape
+from oracle import AloneModel, combine, unused_ids
+from rast_gguf import DeltaPair, RastEngine, SamplingParams, _ext, generate
+from rast_gguf.speculative import DraftParams, make_speculator
+from rast_gguf.synth import write_synthetic_gguf
+
+N_RUNS = 20_000
+
+
+def chi2_pvalue(counts, probs, min_expected=5.0):
+    """Pearson's chi-square goodness of fit; cells expected below min_expected are pooled.
+    p-value by the Wilson-Hilferty approximation (accurate to ~1e-3 for df >= 3)."""
+    counts, probs = np.asarray(counts, float), np.asarray(probs, float)
+    assert counts[probs == 0].sum() == 0, f"ids of probability 0 came out: {np.nonzero(counts * (probs == 0))[0]}"
+    expected = probs * counts.sum()
+    big = expected >= min_expected
+    obs = np.append(counts[big], counts[~big].sum())
+    exp = np.append(expected[big], expected[~big].sum())
+    keep = exp > 0
+    obs, exp = obs[keep], exp[keep]
+    x2, df = float(np.sum((obs - exp) ** 2 / exp)), len(obs) - 1
+    if df == 0:  # one cell of probability 1, and nothing came out elsewhere (asserted above)
+        return 1.0
+    z = ((x2 / df) ** (1 / 3) - (1 - 2 / (9 * df))) / math.sqrt(2 / (9 * df))
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def test_chi2_helper_against_known_quantiles():
+    # chi-square quantiles (df, x, upper tail) from tables
+    for df, x, tail in ((10, 18.307, 0.05), (30, 50.892, 0.01), (5, 1.145, 0.95)):
+        p = np.full(df + 1, 1 / (df + 1))
+        # counts giving exactly statistic x: (o - e)^2 / e summed; put all deviation in two cells
+        n = 1_000_000
+        e = n / (df + 1)
+        d = math.sqrt(x * e / 2)
+        counts = np.full(df + 1, e)
+        counts[0] += d
+        counts[1] -= d
+        assert abs(chi2_pvalue(counts, p) - tail) < 0.004
+
+
+@pytest.mark.parametrize("case", ["disjoint", "overlapping", "q_misses_p", "p_point"])
+def test_accept_step_on_fixed_vectors(case):
+    rng = np.random.default_rng(7)
+    n = 50
+    if case == "disjoint":
+        p = np.zeros(n); p[:10] = rng.random(10)
+        q = np.zeros(n); q[20:30] = rng.random(10)
+    elif case == "overlapping":
+        p, q = rng.random(n) ** 3, rng.random(n) ** 3
+    elif case == "q_misses_p":   # p has mass where q has none
+        p = rng.random(n); q = rng.random(n); q[:25] = 0
+    else:                        # p a point mass the drafter rarely proposes
+        p = np.zeros(n); p[3] = 1.0; q = rng.random(n)
+    p, q = (p / p.sum()).astype(np.float32), (q / q.sum()).astype(np.float32)
+    good = _ext.accept_histogram(p, q, 200_000, 11, False)
+    assert chi2_pvalue(good, p) > 0.01
+    wrong = _ext.accept_histogram(p, q, 200_000, 11, True)
+    if case in ("overlapping", "q_misses_p"):  # elsewhere max(0, p - q) is p up to a factor: p is right there
+        assert chi2_pvalue(wrong, p) < 1e-6
+
+
+PROMPT = "Question: what is 12 + 35?\nAnswer: 12 + 35"
+CHAIN = dict(temp=1.5, top_k=6, top_p=1.0, min_p=0.0)  # llama order: top-k, then temperature
+
+
+@pytest.fixture(scope="module")
+def small_vocab_triple(tmp_path_factory):
+    """300 ids (8 of them padding), so the joint distribution of two tokens is a small table; the
+    large and the tuned model both perturb the base one, so the drafter's top ids and RAST's overlap
+    (drafts get accepted and rejected) without being the same."""
+    root = tmp_path_factory.mktemp("small_vocab")
+    shape = tiny_shape("qwen2", 64, 2, 300, 8)
+    base = write_synthetic_gguf(root / "base.gguf", shape, seed=41, ftype="f32")
+    tuned = write_synthetic_gguf(root / "tuned.gguf", shape, seed=42, ftype="f32", derive_from=41, derive_scale=0.3)
+    large = write_synthetic_gguf(root / "large.gguf", shape, seed=43, ftype="f32", derive_from=41, derive_scale=0.3)
+    return Triple(large, base, tuned)
+
+
+def numpy_chain(z, temp, top_k):
+    """llama.cpp's top-k then temperature, then softmax, in numpy."""
+    keep = np.argsort(-z, kind="stable")[:top_k]
+    out = np.zeros_like(z)
+    zk = z[keep] / temp
+    out[keep] = np.exp(zk - zk.max())
+    return out / out.sum()
+
+
+def exact_table(t, prompt_tokens, alpha, n_tokens):
+    """RAST's P(first token) (n_tokens=1) or P(first, second) (n_tokens=2), from each model run alone
+    and combined in numpy."""
+    models = [AloneModel(p, n_ctx=64) for p in (t.large, t.tuned, t.base)]
+    excluded = np.union1d(unused_ids(t.large), unused_ids(t.base))
+    n_vocab = len(models[0].start(prompt_tokens))
+
+    def p_next(z):
+        return numpy_chain(combine(z[0], [(alpha, z[1], z[2])], n_vocab, excluded), CHAIN["temp"], CHAIN["top_k"])
+
+    try:
+        p1 = p_next([m.start(prompt_tokens) for m in models])
+        if n_tokens == 1:
+            return p1
+        table = np.zeros((n_vocab, n_vocab))
+        for t1 in np.nonzero(p1)[0]:
+            for m in models:
+                m.start(prompt_tokens)
+            table[t1] = p1[t1] * p_next([m.step(int(t1)) for m in models])
+        return table
+    finally:
+        for m in models:
+            m.close()
+
+
+def speculative_counts(t, alpha, drafter, n_runs, n_tokens, *, wrong_residual=False, n_max=2):
+    """How often each first token (or pair of first tokens) came out of n_runs seeded speculative runs
+    from the same prompt; the cycle is called directly so a run costs one or two cycles."""
+    draft = DraftParams(str(t.base) if drafter == "model" else drafter, n_max=n_max, adaptive=False)
+    with RastEngine(t.large, [DeltaPair(str(t.tuned), str(t.base), alpha)], n_ctx=64, n_threads=1,
+                    flash_attn="off", draft=draft) as engine:
+        prompt = engine.tokenize(PROMPT)
+        engine.feed(prompt[:-1])
+        spec = make_speculator(engine, SamplingParams(seed=5, **CHAIN))
+        spec.set_wrong_residual(wrong_residual)
+        counts = np.zeros((engine.n_vocab,) * n_tokens, dtype=np.int64)
+        n_drafted = n_accepted = 0
+        try:
+            for run in range(n_runs):
+                engine.rewind(len(prompt) - 1)
+                spec.set_seed(run)  # the draws are keyed by (seed, position): a new seed per run
+                spec.start(prompt)
+                tokens, drafted, accepted, _, _ = spec.cycle(n_max, 0.0, 0, 1, 4)
+                n_drafted, n_accepted = n_drafted + drafted, n_accepted + accepted
+                if len(tokens) < n_tokens:
+                    tokens = tokens + spec.cycle(n_max, 0.0, 0, 1, 4)[0]
+                counts[tuple(tokens[:n_tokens])] += 1
+        finally:
+            spec.close()
+    return prompt, counts, n_drafted, n_accepted
+
+
+@pytest.mark.parametrize("drafter, n_tokens, n_runs", [("tuned", 1, N_RUNS), ("tuned", 2, 4000), ("model", 2, 4000)])
+def test_first_tokens_follow_rast_distribution(small_vocab_triple, drafter, n_tokens, n_runs):
+    prompt, counts, n_drafted, n_accepted = speculative_counts(small_vocab_triple, 1.0, drafter, n_runs, n_tokens)
+    table = exact_table(small_vocab_triple, prompt, 1.0, n_tokens)
+    # both the accept branch and the residual branch ran many times
+    assert n_drafted >= n_runs and 0.1 * n_drafted < n_accepted < 0.9 * n_drafted
+    assert chi2_pvalue(counts.ravel(), table.ravel()) > 0.01
+
+
+def test_wrong_residual_fails_the_distribution_test(small_vocab_triple):
+    prompt, counts, _, _ = speculative_counts(small_vocab_triple, 1.0, "tuned", 4000, 1, wrong_residual=True)
+    assert chi2_pvalue(counts, exact_table(small_vocab_triple, prompt, 1.0, 1)) < 1e-6
+
+
+def top2_margins(step_logits):
+    margins = []
+    for z in step_logits:
+        top2 = np.sort(z[np.isfinite(z)])[-2:]
+        margins.append(float(top2[1] - top2[0]))
+    return margins
+
+
+# llama.cpp's logits for a token decoded alone and inside a batch differ (measured on these f32 models on
+# a CPU: up to 1e-2 for the small ones, a few 1e-6 between batches of 2 and 8): speculation verifies in
+# batches, so where RAST's top two are closer than this the greedy pick may legitimately differ.
+MARGIN = 0.05
+SYNTH_PROMPTS = ["The answer is", "Question: what is 12 + 35?\\nAnswer:", "a b a b a b a b", "Once upon a time",
+                 "def f(x):\\n    return", "1, 2, 3, 4, 5,", "x = y + z; y = x + z; x =", "The the the the"]
+
+
+def assert_greedy_identical(t, pairs, draft, prompts, max_tokens=24):
+    """Greedy speculative output equals plain RAST's token for token, except after a step where RAST's
+    top two are closer than MARGIN: the first difference, if any, must be at such a near-tie (shown
+    in the message); most tokens must be covered. Returns (drafted, accepted) over all prompts."""
+    with RastEngine(t.large, pairs, n_ctx=256, n_threads=2, flash_attn="off") as plain, \
+            RastEngine(t.large, pairs, n_ctx=256, n_threads=2, flash_attn="off", draft=draft) as spec:
+        n_same, n_total, drafted, accepted = 0, 0, 0, 0
+        for prompt in prompts:
+            want = generate(plain, prompt, max_tokens=max_tokens, record_logits=True, ignore_eos=True,
+                            sampling=SamplingParams(temp=0))
+            got = generate(spec, prompt, max_tokens=max_tokens, ignore_eos=True, sampling=SamplingParams(temp=0))
+            margins = top2_margins(want.step_logits)
+            drafted += got.speculative.n_drafted
+            accepted += got.speculative.n_accepted
+            assert len(got.tokens) == len(want.tokens) == max_tokens
+            first_diff = next((i for i, (a, b) in enumerate(zip(got.tokens, want.tokens)) if a != b), max_tokens)
+            if first_diff < max_tokens:
+                assert margins[first_diff] < MARGIN, (
+                    f"{prompt!r}: speculative greedy output differs from RAST's at step {first_diff}, where RAST's "
+                    f"top-2 margin is {margins[first_diff]:.3g} (not a near-tie)")
+            n_same += first_diff
+            n_total += max_tokens
+    assert n_same >= 0.6 * n_total, f"only {n_same} of {n_total} tokens compared before a near-tie"
+    return drafted, accepted
+
+
+@pytest.mark.parametrize("drafter, alpha", [("tuned", 0.5), ("tuned", 2.0), ("ngram", 1.0), ("model", 1.0)])
+def test_greedy_output_is_rast_output_on_synthetic_models(small_vocab_triple, drafter, alpha):
+    t = small_vocab_triple
+    draft = DraftParams(str(t.base) if drafter == "model" else drafter, n_max=4)
+    drafted, accepted = assert_greedy_identical(t, [DeltaPair(str(t.tuned), str(t.base), alpha)], draft, SYNTH_PROMPTS)
+    assert drafted > 0 and accepted > 0  # the accept path ran, not only plain steps
+
+
+def test_greedy_output_with_two_pairs_and_a_padded_vocabulary(padded_triple):
+    t = padded_triple
+    pairs = [DeltaPair(str(t.tuned), str(t.base), 1.0), DeltaPair(str(t.base), str(t.tuned), 0.25)]
+    drafted, _ = assert_greedy_identical(t, pairs, DraftParams("tuned", n_max=3, adaptive=False), SYNTH_PROMPTS[:4])
+    assert drafted >= 4 * 10
+
+
+TOY_PROMPTS = ["Q: 12+345+67+890\\n", "Q: 101+202+303+404\\n"]
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
+def test_greedy_output_is_rast_output_on_the_toy_triple(alpha):
+    from rast_gguf.defaults import default_triple
+
+    large, base, tuned = default_triple()
+    t = Triple(large, base, tuned)
+    drafted, accepted = assert_greedy_identical(t, [DeltaPair(str(tuned), str(base), alpha)], DraftParams("tuned"),
+                                                TOY_PROMPTS, max_tokens=40)
+    assert accepted > 0.5 * drafted  # the tuned model drafts well for its own task
+
+
+def test_every_step_distribution_matches_the_oracle(triple):
+    """What each emitted token is drawn from (recorded post-chain logits) is RAST's distribution at
+    that position, whether it came from an accepted draft, a residual draw or the bonus draw; up to
+    llama.cpp's batched-vs-single-token difference (see MARGIN; plain RAST matches to 1e-4)."""
+    from test_oracle import FULL_DISTRIBUTION, oracle_logprobs
+    from oracle import log_softmax
+
+    alpha = 1.0
+    with RastEngine(triple.large, [DeltaPair(str(triple.tuned), str(triple.base), alpha)], n_ctx=256, n_threads=2,
+                    flash_attn="off", draft=DraftParams("tuned", n_max=3, adaptive=False)) as engine:
+        prompt_tokens = engine.tokenize(PROMPT)
+        result = generate(engine, PROMPT, max_tokens=40, record_logits=True, ignore_eos=True,
+                          sampling=SamplingParams(temp=1.0, seed=99, **FULL_DISTRIBUTION))
+        n_shared = engine.n_shared
+    assert result.speculative.n_drafted >= 30
+    expected = oracle_logprobs(triple, result.tokens, prompt_tokens, alpha, n_shared)
+    worst = max(float(np.max(np.abs(log_softmax(got)[np.isfinite(want)] - want[np.isfinite(want)])))
+                for got, want in zip(result.step_logits, expected))
+    assert worst <= MARGIN
+
+
+def kv_lengths(engine):
+    from rast_gguf._llama import C
+
+    return [C.llama_memory_seq_pos_max(C.llama_get_memory(ctx.handle), 0) + 1 for ctx in engine.contexts]
+
+
+@pytest.mark.parametrize("drafter", ["tuned", "model"])
+def test_contexts_hold_exactly_the_accepted_tokens(small_vocab_triple, drafter):
+    """After a generation (or a stream closed early) every context, the drafter's included, holds the
+    prompt and every token but the last, as after plain RAST, and goes on from there as plain RAST."""
+    from rast_gguf.generate import stream_generate
+
+    t = small_vocab_triple
+    pairs = [DeltaPair(str(t.tuned), str(t.base), 1.0)]
+    with RastEngine(t.large, pairs, n_ctx=256, n_threads=2) as plain:
+        full = generate(plain, PROMPT, max_tokens=21, ignore_eos=True, sampling=SamplingParams(temp=0))
+    draft = DraftParams(str(t.base) if drafter == "model" else drafter, n_max=5, adaptive=False)
+    with RastEngine(t.large, pairs, n_ctx=256, n_threads=2, draft=draft) as e:
+        n_prompt = len(e.tokenize(PROMPT))
+        for n_take in (1, 2, 7, 20):
+            stream = stream_generate(e, PROMPT, max_tokens=50, ignore_eos=True, sampling=SamplingParams(temp=0))
+            taken = [next(stream).token for _ in range(n_take)]
+            stream.close()
+            assert e.n_past == n_prompt + n_take - 1
+            assert kv_lengths(e) == [e.n_past] * len(e.contexts)
+            assert full.tokens[:n_take] == taken
+            e.feed(taken[-1:])
+            chain = e.sampler(SamplingParams(temp=0))
+            try:
+                assert chain.sample(-1) == full.tokens[n_take]
+            finally:
+                chain.close()
+
+
+def test_seeded_sampling_repeats_and_the_seed_matters(small_vocab_triple):
+    t = small_vocab_triple
+
+    def run(seed):
+        with RastEngine(t.large, [DeltaPair(str(t.tuned), str(t.base), 1.0)], n_ctx=256, n_threads=2,
+                        draft="tuned") as engine:
+            return generate(engine, PROMPT, max_tokens=40, ignore_eos=True,
+                            sampling=SamplingParams(temp=1.0, seed=seed)).tokens
+
+    first = run(3)
+    assert run(3) == first
+    assert run(4) != first
+
+
+def test_chat_with_a_drafter_answers_as_without(small_vocab_triple):
+    from rast_gguf.chat import ChatSession
+
+    t = small_vocab_triple
+    answers = []
+    for draft in (None, DraftParams("tuned", n_max=4)):
+        with RastEngine(t.large, [DeltaPair(str(t.tuned), str(t.base), 1.0)], n_ctx=512, n_threads=2,
+                        flash_attn="off", draft=draft) as engine:
+            session = ChatSession(engine, raw=True, sampling=SamplingParams(temp=0), max_tokens=12,
+                                  track_delta=True)
+            turns = []
+            for line in ("Hello there", "And then?", "Once more"):
+                text = "".join(r.text for r in session.stream_turn(line))
+                turns.append((text, session.last.changed_tokens))
+                assert engine.n_past == len(session.tokens)
+                assert kv_lengths(engine) == [engine.n_past] * len(engine.contexts)
+            answers.append(turns)
+    assert answers[0] == answers[1]
+
+
+def test_draft_length_follows_costs_and_acceptance():
+    from rast_gguf.speculative import DraftLength
+
+    params = DraftParams("tuned", n_max=8)
+    gpu_like = {1: 1.0, 2: 1.05, 3: 1.1, 4: 1.6, 5: 1.65, 6: 1.7, 7: 1.75, 8: 1.8, 9: 2.4}
+    flat = {n: 1.0 for n in range(1, 10)}
+    rule = DraftLength(params, 0.05, flat)
+    for _ in range(40):
+        rule.update(8, 8, 0.05 * 9, 1.0)       # every draft accepted, verification costs the same at any length
+    assert rule.choose(100) == 8
+    assert rule.choose(3) == 3                  # room left caps it
+    rule = DraftLength(params, 0.05, gpu_like)
+    for _ in range(40):
+        rule.update(2, 1, 0.05 * 3, 1.05)      # half the drafts accepted
+    assert rule.choose(100) == 2                # the verify cost steps up past 3 positions
+    choices = []
+    for _ in range(64):                         # nothing accepted any more
+        k = rule.choose(100)
+        choices.append(k)
+        rule.update(k, 0, 0.05 * (k + 1), gpu_like[k + 1])
+    assert choices[-16:].count(0) >= 12 and 1 in choices[-16:]  # plain steps, and a probe now and then
+
+
+def test_bad_draft_settings_are_one_line_errors(triple, tmp_path):
+    from rast_gguf.errors import UsageError
+
+    with pytest.raises(UsageError, match="--draft-max"):
+        DraftParams("tuned", n_max=-1)
+    with pytest.raises(UsageError, match="--draft-min"):
+        DraftParams("tuned", n_max=2, n_min=3)
+    with pytest.raises(UsageError, match="not 'tuned', 'ngram' or an existing GGUF file"):
+        DraftParams(str(tmp_path / "missing.gguf"))
+    with pytest.raises(UsageError, match="no pair is loaded"):
+        RastEngine(triple.large, [], n_ctx=64, draft="tuned")
+
+
+def test_rast_generate_with_draft_prints_the_same_completion_and_the_stats(triple):
+    from test_cli import rast_cli
+
+    args = ["generate", "-p", "Once upon a time", "-m", triple.large, "--base", triple.base, "--tuned", triple.tuned,
+            "-n", "16", "--temp", "0", "-c", "128", "-t", "2"]
+    plain = rast_cli(*args)
+    spec = rast_cli(*args, "--draft", "tuned", "--draft-max", "4")
+    assert plain.returncode == 0 and spec.returncode == 0, spec.stderr
+    assert spec.stdout == plain.stdout and len(spec.stdout) > 4
+    assert "accepted per cycle" in spec.stderr and "accepted per cycle" not in plain.stderr
+    bad = rast_cli(*args, "--draft", "no-such-drafter.gguf")
+    assert bad.returncode == 1 and "--draft" in bad.stderr and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) <= 2
