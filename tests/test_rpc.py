@@ -274,3 +274,23 @@ def test_a_frozen_server_times_out_instead_of_hanging(triple, tmp_path):
         os.kill(frozen[0].pid, signal.SIGCONT)
         stop(frozen[0])
         stop(kept[0])
+
+
+def test_placement_flags_reach_every_engine_building_command():
+    import inspect
+
+    from rast_gguf.cli.analyze import analyze_command
+    from rast_gguf.cli.batch import batch_command
+    from rast_gguf.cli.chat import chat_command
+    from rast_gguf.cli.engine_setup import from_flags
+    from rast_gguf.cli.eval import eval_command
+    from rast_gguf.cli.generate import generate_command
+    from rast_gguf.cli.serve import serve_command
+
+    for command in (generate_command, chat_command, batch_command, eval_command, analyze_command, serve_command):
+        assert {"rpc", "rpc_small", "tensor_split"} <= set(inspect.signature(command).parameters), command.__name__
+    setup = from_flags({"rpc": "127.0.0.1:5000,10.0.0.2:5001", "rpc_small": None, "tensor_split": "3/1"},
+                       models=False)
+    assert setup.placement == {"rpc": ["127.0.0.1:5000", "10.0.0.2:5001"], "rpc_small": [], "tensor_split": [3.0, 1.0]}
+    assert setup.engine_options["tensor_split"] == [3.0, 1.0]
+    assert from_flags({}, models=False).placement == {}  # commands without the flags keep RastEngine's defaults
