@@ -77,7 +77,7 @@ def _piece(engine, token: int) -> str:
 def analyze(large: str, base: str, tuned: str, prompts: Sequence[str], *, alpha: float = 1.0,
             max_tokens: int = 256, top: int = 15, min_count: int = 3, large_rl: str | None = None,
             n_ctx: int = 2048, n_threads: int | None = None, n_gpu_layers: int = 0,
-            flash_attn: str = "auto") -> Analysis:
+            flash_attn: str = "auto", placement: dict | None = None) -> Analysis:
     from rast_gguf.engine import RastEngine
 
     counts, shifts = Counter(), defaultdict(float)
@@ -85,7 +85,7 @@ def analyze(large: str, base: str, tuned: str, prompts: Sequence[str], *, alpha:
     by_position: list[list[int]] = []
     n_steps = n_changed = 0
     with RastEngine(large, [DeltaPair(tuned, base, alpha, n_gpu_layers)], n_ctx=n_ctx, n_threads=n_threads,
-                    n_gpu_layers=n_gpu_layers, flash_attn=flash_attn) as engine:
+                    n_gpu_layers=n_gpu_layers, flash_attn=flash_attn, **(placement or {})) as engine:
         for path in _decode_paths(engine, prompts, max_tokens):
             for position, (token, _, stats) in enumerate(path):
                 n_steps += 1
@@ -111,7 +111,7 @@ def analyze(large: str, base: str, tuned: str, prompts: Sequence[str], *, alpha:
             changed_by_position=[(s, c) for s, c in by_position])
     if large_rl:
         with RastEngine(large, [DeltaPair(large_rl, large, 1.0, n_gpu_layers)], n_ctx=n_ctx, n_threads=n_threads,
-                        n_gpu_layers=n_gpu_layers, flash_attn=flash_attn) as engine:
+                        n_gpu_layers=n_gpu_layers, flash_attn=flash_attn, **(placement or {})) as engine:
             steps = changed = 0
             for path in _decode_paths(engine, prompts, max_tokens):
                 steps += len(path)

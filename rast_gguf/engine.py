@@ -21,11 +21,26 @@ import weakref
 from collections.abc import Sequence
 
 from rast_gguf import _ext, memory
+from rast_gguf import rpc as rpc_backend
 from rast_gguf.errors import ClosedError, PromptTooLongError, UsageError
 from rast_gguf.gguf_file import GGUFInfo
 from rast_gguf.handles import FLASH_ATTN_TYPES, Batch, Context, Model
 from rast_gguf.sampling import DeltaPair, SamplingParams, check_alpha
 from rast_gguf.vocab import check_vocabularies
+
+
+def check_tensor_split(tensor_split: Sequence[float] | None, devices: Sequence[int] | None) -> list[float] | None:
+    """llama.cpp's -ts: one non-negative share per offload device, not all zero."""
+    if not tensor_split:
+        return None
+    split = [float(x) for x in tensor_split]
+    if any(not x >= 0 or x == float("inf") for x in split) or not any(split):
+        raise UsageError(f"--tensor-split takes non-negative shares, not all 0, got {','.join(map(str, tensor_split))}")
+    n_devices = len(devices) if devices is not None else len(rpc_backend.local_gpu_devices())
+    if len(split) > max(n_devices, 1):
+        raise UsageError(f"--tensor-split gives {len(split)} shares but the large model has {n_devices} devices to "
+                         "offload to (RPC servers' devices first, then local GPUs)")
+    return split
 
 
 class RastEngine:
@@ -42,7 +57,8 @@ class RastEngine:
 
     def __init__(self, large: str | os.PathLike, pairs: Sequence[DeltaPair] = (), *, n_ctx: int = 4096,
                  n_batch: int = 512, n_threads: int | None = None, n_gpu_layers: int = 0,
-                 flash_attn: str = "auto", n_seq_max: int = 1, overlap: bool = False, draft=None):
+                 flash_attn: str = "auto", n_seq_max: int = 1, overlap: bool = False, draft=None,
+                 rpc: Sequence[str] = (), rpc_small: Sequence[str] = (), tensor_split: Sequence[float] | None = None):
         """Validate, check and load the models, then create one context per model.
 
         Args:
@@ -58,17 +74,25 @@ class RastEngine:
             overlap: decode the small models on C++ worker threads while the large one decodes.
             draft: speculative decoding (rast_gguf.speculative): None (off), "tuned" (the first pair's
                 tuned model drafts), "ngram" (prompt lookup), a drafter GGUF path, or a DraftParams.
+            rpc: HOST:PORT of llama.cpp RPC servers whose devices take the large model's offloaded
+                layers with the local GPUs (split by `tensor_split`, else by free memory, as llama.cpp);
+                see rast_gguf.rpc.
+            rpc_small: the same for the small models and a drafter file (local by default).
+            tensor_split: each offload device's share of the large model's layers (llama.cpp's -ts),
+                RPC servers' devices first, then local GPUs.
 
         Raises:
             GGUFFileError: a file is missing, not GGUF, truncated or corrupt.
             VocabMismatchError: the models do not share a vocabulary.
             OutOfMemoryError: the models would not fit in the GPU's free memory (estimated first).
             ModelLoadError: llama.cpp refused a model or a context.
-            UsageError: an invalid flash_attn or n_seq_max.
+            UsageError: an invalid flash_attn, n_seq_max or tensor_split.
+            RpcError: an RPC server cannot be reached or speaks another protocol version.
         """
         from rast_gguf.speculative import as_draft_params
 
         self._models: list[Model] = []
+        self._rpc_guard: rpc_backend.Guard | None = None
         self._decoder: _ext.ParallelDecoder | None = None
         self._contexts: list[Context] = []
         self._batch: Batch | None = None
@@ -101,20 +125,38 @@ class RastEngine:
                 model.close()
             self._models.clear()
 
+            self.remote = rpc_backend.connect(rpc) if rpc else []
+            self.remote_small = rpc_backend.connect(rpc_small) if rpc_small else []
+            if rpc or rpc_small:  # timeouts on llama.cpp's connections, one line if a server is lost
+                self._rpc_guard = rpc_backend.Guard(list(dict.fromkeys([*rpc, *rpc_small])))
+            devices_large = rpc_backend.model_devices(self.remote)
+            devices_small = rpc_backend.model_devices(self.remote_small)
+            tensor_split = check_tensor_split(tensor_split, devices_large)
+
             # refuse up front, with the estimate, rather than fail inside llama.cpp's allocator
-            memory.check_fits([(self._infos[str(large)], n_gpu_layers)]
-                              + [(self._infos[str(path)], p.n_gpu_layers) for p in self.pairs for path in (p.tuned, p.base)]
-                              + ([(self._infos[str(draft_file)], draft_ngl)] if draft_file else []),
-                              n_ctx=n_ctx * n_seq_max, n_batch=n_batch)
-            self.model_large = self._load(large, n_gpu_layers)
+            local_gpu = not (rpc or rpc_small) or memory.gpu_offload_supported()
+            ngl_large = n_gpu_layers if local_gpu or self.remote else 0  # where -ngl can put layers at all
+            ngl_small = lambda ngl: ngl if local_gpu or self.remote_small else 0  # noqa: E731
+            memory.check_fits([(self._infos[str(large)], ngl_large)]
+                              + [(self._infos[str(path)], ngl_small(p.n_gpu_layers)) for p in self.pairs
+                                 for path in (p.tuned, p.base)]
+                              + ([(self._infos[str(draft_file)], ngl_small(draft_ngl))] if draft_file else []),
+                              n_ctx=n_ctx * n_seq_max, n_batch=n_batch,
+                              remote_free_bytes=sum(d.free_bytes for d in self.remote) if self.remote else None)
+            self.model_large = self._load(large, n_gpu_layers, devices=devices_large, tensor_split=tensor_split)
             self.ctx_large = self._context(self.model_large, n_ctx, n_batch, n_threads)
             self.pair_contexts: list[tuple[Context, Context]] = []
             for pair in self.pairs:
-                tuned = self._context(self._load(pair.tuned, pair.n_gpu_layers), n_ctx, n_batch, n_threads)
-                base = self._context(self._load(pair.base, pair.n_gpu_layers), n_ctx, n_batch, n_threads)
+                tuned = self._context(self._load(pair.tuned, pair.n_gpu_layers, devices=devices_small), n_ctx,
+                                      n_batch, n_threads)
+                base = self._context(self._load(pair.base, pair.n_gpu_layers, devices=devices_small), n_ctx,
+                                     n_batch, n_threads)
                 self.pair_contexts.append((tuned, base))
             if draft_file:
-                self.ctx_draft = self._context(self._load(draft_file, draft_ngl), n_ctx, n_batch, n_threads)
+                self.ctx_draft = self._context(self._load(draft_file, draft_ngl, devices=devices_small), n_ctx,
+                                               n_batch, n_threads)
+            if self._rpc_guard is not None:  # now, before any decode waits on a server
+                self._rpc_guard.apply()
             self.n_ctx = self.ctx_large.n_ctx_seq  # per sequence
             n_batch = min(ctx.n_batch for ctx in self._contexts)
             self._batch = Batch(n_batch)
@@ -127,10 +169,11 @@ class RastEngine:
         self.n_past = 0
         self.n_decoded = 0  # tokens decoded by feed() over the engine's life (each in every context)
 
-    def _load(self, path, n_gpu_layers: int, vocab_only: bool = False) -> Model:
+    def _load(self, path, n_gpu_layers: int, vocab_only: bool = False, **placement) -> Model:
         # each file's header is parsed once per start: the vocab-only load, the memory estimate and the
-        # full load share it
-        model = Model(path, n_gpu_layers=n_gpu_layers, vocab_only=vocab_only, info=self._infos.get(str(path)))
+        # full load share it; `placement`: Model's devices / tensor_split
+        model = Model(path, n_gpu_layers=n_gpu_layers, vocab_only=vocab_only, info=self._infos.get(str(path)),
+                      **placement)
         self._infos[str(path)] = model.info
         self._models.append(model)
         return model
@@ -259,6 +302,9 @@ class RastEngine:
         for model in reversed(self._models):
             model.close()
         self._models.clear()
+        if getattr(self, "_rpc_guard", None) is not None:
+            self._rpc_guard.close()
+            self._rpc_guard = None
 
     def __enter__(self) -> "RastEngine":
         return self

@@ -59,6 +59,14 @@ class BatchOutputError(RastError):
     """A batch output file that cannot be resumed (not JSONL records of ours)."""
 
 
+class ShardMergeError(RastError):
+    """Shard outputs of a batch that do not add up to its input (missing or duplicated ids)."""
+
+
+class RpcError(RastError):
+    """An RPC server (llama.cpp's ggml-rpc) that cannot be reached, speaks another version, or has no devices."""
+
+
 class HubError(RastError):
     """A hub reference that is malformed, names a missing repo or file, or cannot be fetched."""
 

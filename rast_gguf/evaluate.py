@@ -147,9 +147,12 @@ def evaluate(configs: Sequence[EvalConfig], problems: Sequence[EvalProblem], out
              max_tokens: int = 512, stop: Sequence[str] = (), n_parallel: int = 8, n_ctx: int = 2048,
              n_threads: int | None = None, n_gpu_layers: int = 0, flash_attn: str = "auto", progress: bool = True,
              grader: Callable[[str, str], bool] | None = None, dataset_name: str = "",
-             on_config: Callable[[ConfigResult], None] | None = None, overwrite: bool = False) -> EvalReport:
+             on_config: Callable[[ConfigResult], None] | None = None, overwrite: bool = False,
+             placement: dict | None = None) -> EvalReport:
     """Decode, grade and score every configuration (see the module docstring). The run folder is
-    locked while it runs; `overwrite` discards samples made with other settings instead of refusing."""
+    locked while it runs; `overwrite` discards samples made with other settings instead of refusing.
+    `placement`: RastEngine's rpc / rpc_small / tensor_split for every engine (rpc: the leading model;
+    rpc_small: the pair)."""
     from rast_gguf.batch import run_batch
     from rast_gguf.engine import RastEngine
     from rast_gguf.grading import grade
@@ -174,7 +177,7 @@ def evaluate(configs: Sequence[EvalConfig], problems: Sequence[EvalProblem], out
         for (lead, pair), group in groups.items():
             pairs = [DeltaPair(pair[0], pair[1], group[0].alpha, n_gpu_layers)] if pair else []
             with RastEngine(lead, pairs, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
-                            flash_attn=flash_attn, n_seq_max=n_parallel) as engine:
+                            flash_attn=flash_attn, n_seq_max=n_parallel, **(placement or {})) as engine:
                 for config in group:
                     out_path = out_dir / "samples" / f"{config.slug}.jsonl"
                     if progress:

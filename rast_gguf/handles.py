@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from rast_gguf._llama import C, addr, take_last_problem
@@ -62,15 +63,24 @@ class Handle:
 
 class Model(Handle):
     def __init__(self, path: str | os.PathLike, *, n_gpu_layers: int = 0, vocab_only: bool = False,
-                 use_mmap: bool = True, info: GGUFInfo | None = None):
+                 use_mmap: bool = True, info: GGUFInfo | None = None, devices: Sequence[int] | None = None,
+                 tensor_split: Sequence[float] | None = None):
         """Validate the file (or take `info`, its GGUFInfo parsed already) and load it; ModelLoadError if
-        llama.cpp refuses. `vocab_only` loads the tokenizer without weights."""
+        llama.cpp refuses. `vocab_only` loads the tokenizer without weights. `devices`: ggml_backend_dev_t
+        handles to offload to, in llama.cpp's order (None: every local GPU); `tensor_split`: each device's
+        share of the offloaded layers, as llama.cpp's -ts."""
         self.path = Path(path)
         self._what = f"model {self.path}"
         self.info: GGUFInfo = info or read_gguf_info(self.path)
         params = C.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         params.vocab_only = vocab_only
+        if devices is not None:  # the arrays only need to live through the load; llama.cpp copies them
+            device_array = (ctypes.c_void_p * (len(devices) + 1))(*devices, None)
+            params.devices = ctypes.addressof(device_array)
+        if tensor_split:
+            split_array = (ctypes.c_float * C.llama_max_devices())(*tensor_split)
+            params.tensor_split = split_array
         if hasattr(params, "use_mmap"):
             params.use_mmap = use_mmap
         take_last_problem()

@@ -84,27 +84,34 @@ def _per_layer(value, n_layer: int) -> list[int]:
 
 
 def check_fits(models: Sequence[tuple[object, int]], *, n_ctx: int, n_batch: int = 512,
-               free_bytes: int | None = None) -> list[Estimate]:
-    """Raise OutOfMemoryError if (path, n_gpu_layers) models will not fit in free GPU memory."""
+               free_bytes: int | None = None, remote_free_bytes: int | None = None) -> list[Estimate]:
+    """Raise OutOfMemoryError if (path, n_gpu_layers) models will not fit in free GPU memory, the
+    free memory of the RPC servers' devices (`remote_free_bytes`, rast_gguf.rpc) counted in."""
     estimates = [estimate(path, ngl, n_ctx, n_batch) for path, ngl in models]
     if not any(e.total for e in estimates):
         return estimates
     if free_bytes is None and not gpu_offload_supported():
         return estimates  # this llama.cpp build keeps every layer on the CPU whatever -ngl says
     free = gpu_free_bytes() if free_bytes is None else free_bytes
-    need = sum(e.total for e in estimates) + CUDA_CONTEXT_BYTES
+    need = sum(e.total for e in estimates) + (CUDA_CONTEXT_BYTES if free is not None else 0)
+    where = "GPU memory"
+    if remote_free_bytes is not None:  # offloaded layers also go to the RPC servers' devices
+        free = (free or 0) + remote_free_bytes
+        where = "memory on the GPUs and RPC servers"
     if free is not None and need > free:
         raise OutOfMemoryError(
-            f"the models need about {need / GIB:.1f} GiB of GPU memory but {free / GIB:.1f} GiB is free: "
+            f"the models need about {need / GIB:.1f} GiB of {where} but {free / GIB:.1f} GiB is free: "
             + "; ".join(e.describe() for e in estimates if e.total)
             + "; put fewer layers on the GPU (-ngl, or -ngls 0 for the small pair on the CPU) or use a smaller -c")
     return estimates
 
 
 def gpu_offload_supported() -> bool:
+    """Whether layers can go to a local GPU (llama_supports_gpu_offload is also true for the RPC backend)."""
     from rast_gguf._llama import C
+    from rast_gguf.doctor import gpu_devices
 
-    return bool(C.llama_supports_gpu_offload())
+    return bool(C.llama_supports_gpu_offload()) and bool(gpu_devices())
 
 
 # --- readings -----------------------------------------------------------------------------------

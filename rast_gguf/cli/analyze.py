@@ -20,6 +20,7 @@ def analyze_command(
     large_rl: d.LargeRL = None, template: d.Template = None, question_key: d.QuestionKey = "question",
     answer_key: d.AnswerKey = "answer", limit: d.Limit = None,
     top: Annotated[int, typer.Option("--top", help="Tokens listed per table.")] = 15,
+    rpc: o.Rpc = None, rpc_small: o.RpcSmall = None, tensor_split: o.TensorSplit = None,
     n_predict: o.NPredict = 512, ctx_size: o.CtxSize = 2048, n_gpu_layers: o.NGpuLayers = 0,
     threads: o.Threads = None, flash_attn: o.FlashAttn = o.FLASH_ATTN, convert_type: o.ConvertType = o.CONVERT_TYPE,
     verbose: o.Verbose = False,
@@ -33,7 +34,7 @@ def analyze_command(
     from rast_gguf.cli.engine_setup import from_flags
     from rast_gguf.errors import UsageError
 
-    from_flags(locals(), models=False)  # -v; the models come from the dataset's defaults below
+    setup = from_flags(locals(), models=False)  # -v, --rpc/-ts; the models come from the dataset's defaults below
     work = d.resolve_workload(dataset, template=template, question_key=question_key, answer_key=answer_key,
                               limit=limit, toy_default_n=200, large=large, base=base, tuned=tuned, large_rl=large_rl,
                               convert_type=convert_type)
@@ -42,7 +43,8 @@ def analyze_command(
     prompts = [work.template.format(question=p.question) for p in work.problems]
     analysis = analyze(str(work.large), str(work.base), str(work.tuned), prompts, alpha=alpha, max_tokens=n_predict,
                        top=top, large_rl=str(work.large_rl) if work.large_rl else None, n_ctx=ctx_size,
-                       n_threads=threads, n_gpu_layers=n_gpu_layers, flash_attn=flash_attn)
+                       n_threads=threads, n_gpu_layers=n_gpu_layers, flash_attn=flash_attn,
+                       placement=setup.placement)
     written = write_analysis(analysis, output)
     print(markdown(analysis))
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)

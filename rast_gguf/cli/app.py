@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from rast_gguf.cli.batch import batch_command
+from rast_gguf.cli.batch import batch_command, merge_command
 from rast_gguf.cli.bench import bench_command
 from rast_gguf.cli.chat import chat_command
 from rast_gguf.cli.check import check_command
@@ -18,6 +18,7 @@ from rast_gguf.cli.eval import eval_command
 from rast_gguf.cli.analyze import analyze_command
 from rast_gguf.cli.generate import generate_command
 from rast_gguf.cli.pull import pull_command
+from rast_gguf.cli.rpc_server import rpc_server_command
 from rast_gguf.cli.serve import serve_command
 
 app = typer.Typer(name="rast", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -35,6 +36,7 @@ app.command("quantize")(quantize_command)
 app.command("demo")(demo_command)
 app.command("eval")(eval_command)
 app.command("analyze")(analyze_command)
+app.command("rpc-server")(rpc_server_command)
 app.command("serve")(serve_command)
 
 
@@ -79,11 +81,25 @@ def _print_usage_error(e) -> int:
     return e.exit_code
 
 
+# `rast batch merge ...` is its own small app: `batch` takes a positional IN.jsonl, which a click group
+# with a `merge` subcommand could not also take
+merge_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
+                        context_settings={"help_option_names": ["-h", "--help"]})
+merge_app.command()(merge_command)
+
+
+def _which_app(argv: list[str]) -> tuple[typer.Typer, list[str], str]:
+    if argv[:2] == ["batch", "merge"]:
+        return merge_app, argv[2:], "rast batch merge"
+    return app, argv, "rast"
+
+
 def main() -> None:
     from rast_gguf.errors import RastError
 
     try:
-        exit_code = app(standalone_mode=False)
+        which, args, prog_name = _which_app(sys.argv[1:])
+        exit_code = which(args=args, prog_name=prog_name, standalone_mode=False)
     except RastError as e:
         if os.environ.get("RAST_DEBUG"):
             raise

@@ -37,6 +37,7 @@ def chat_command(
     ignore_eos: o.IgnoreEos = False,
     n_predict: o.NPredict = 512, ctx_size: o.CtxSize = 4096, batch_size: o.BatchSize = 512,
     n_gpu_layers: o.NGpuLayers = 0, n_gpu_layers_small: o.NGpuLayersSmall = None, threads: o.Threads = None,
+    rpc: o.Rpc = None, rpc_small: o.RpcSmall = None, tensor_split: o.TensorSplit = None,
     flash_attn: o.FlashAttn = o.FLASH_ATTN, temp: o.Temp = o.TEMP, top_k: o.TopK = o.TOP_K, top_p: o.TopP = o.TOP_P,
     min_p: o.MinP = o.MIN_P, seed: o.Seed = o.SEED, sampler_order: o.SamplerOrder = o.ORDER,
     convert_type: o.ConvertType = o.CONVERT_TYPE, verbose: o.Verbose = False, overlap: o.Overlap = False,

@@ -29,6 +29,7 @@ def eval_command(
     stop: Annotated[Optional[list[str]], typer.Option("--stop", help="Stop string; repeatable.")] = None,
     parallel: Annotated[int, typer.Option("-np", "--parallel", help="Sequences decoded together.")] = 8,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")] = True,
+    rpc: o.Rpc = None, rpc_small: o.RpcSmall = None, tensor_split: o.TensorSplit = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Discard the samples already in the folder (made "
                                             "with other settings) instead of resuming.")] = False,
     n_predict: o.NPredict = 1024, ctx_size: o.CtxSize = 2048, n_gpu_layers: o.NGpuLayers = 0,
@@ -62,7 +63,7 @@ def eval_command(
     report = evaluate(configs, work.problems, output, template=work.template, n=samples, sampling=sampling,
                       max_tokens=n_predict, stop=stop or (), n_parallel=parallel, n_ctx=ctx_size, n_threads=threads,
                       n_gpu_layers=n_gpu_layers, flash_attn=flash_attn, progress=progress, grader=work.grader,
-                      dataset_name=work.name, overwrite=overwrite)
+                      dataset_name=work.name, overwrite=overwrite, placement=setup.placement)
     written = write_report(report, output)
     print(markdown_table(report))
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)

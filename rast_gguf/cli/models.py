@@ -38,3 +38,16 @@ def resolve_models(large: Path | None, base: list[Path] | None, tuned: list[Path
     ngl_small = n_gpu_layers if n_gpu_layers_small is None else n_gpu_layers_small
     pairs = [DeltaPair(str(t), str(b), a, ngl_small) for t, b, a in zip(tuned, base, alphas)]
     return large, pairs
+
+
+def placement(rpc: str | None, rpc_small: str | None, tensor_split: str | None) -> dict:
+    """RastEngine's keyword arguments for --rpc, --rpc-small and -ts/--tensor-split."""
+    from rast_gguf.rpc import parse_endpoints
+
+    split = None
+    if tensor_split:
+        try:
+            split = [float(x) for x in tensor_split.replace("/", ",").split(",") if x.strip()]
+        except ValueError:
+            raise UsageError(f"--tensor-split takes numbers like 3,1, got {tensor_split!r}") from None
+    return {"rpc": parse_endpoints(rpc), "rpc_small": parse_endpoints(rpc_small, "--rpc-small"), "tensor_split": split}

@@ -34,6 +34,10 @@ Seed = Annotated[int, typer.Option("-s", "--seed", help="RNG seed (4294967295: r
 SamplerOrder = Annotated[str, typer.Option("--sampler-order", help="'llama': truncation then temperature (llama.cpp); 'reference': temperature first (RAST reference).")]
 Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="Show llama.cpp's log.")]
 
+Rpc = Annotated[Optional[str], typer.Option("--rpc", metavar="HOST:PORT,...", show_default=False, help="llama.cpp RPC servers (rast rpc-server) whose devices take the large model's offloaded layers (-ngl) with the local GPUs, servers first; the small pair stays local. Traffic is unencrypted and unauthenticated: private networks only.")]
+RpcSmall = Annotated[Optional[str], typer.Option("--rpc-small", metavar="HOST:PORT,...", show_default=False, help="RPC servers for the small models' offloaded layers (-ngls). [default: local]")]
+TensorSplit = Annotated[Optional[str], typer.Option("-ts", "--tensor-split", metavar="N0,N1,...", show_default=False, help="Share of the large model's offloaded layers for each device, RPC servers' devices first, then local GPUs (llama.cpp's -ts). [default: by free memory]")]
+
 # Defaults of the sampling options, from SamplingParams (dataclass fields keep their defaults on the class).
 TEMP, TOP_K, TOP_P, MIN_P = SamplingParams.temp, SamplingParams.top_k, SamplingParams.top_p, SamplingParams.min_p
 SEED, ORDER = SamplingParams.seed, SamplingParams.order

@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 import typer
 
 from rast_gguf.cli import options as o
-from rast_gguf.cli.models import resolve_models
 
 
 def serve_command(
@@ -32,6 +31,7 @@ def serve_command(
                                  "holds -np times this (llama-server instead splits -c among its slots).")] = 4096,
     batch_size: o.BatchSize = 512,
     n_gpu_layers: o.NGpuLayers = 0, n_gpu_layers_small: o.NGpuLayersSmall = None, threads: o.Threads = None,
+    rpc: o.Rpc = None, rpc_small: o.RpcSmall = None, tensor_split: o.TensorSplit = None,
     temp: o.Temp = 0.8, top_k: o.TopK = 40, top_p: o.TopP = 0.95, min_p: o.MinP = 0.05,
     seed: o.Seed = 0xFFFFFFFF, sampler_order: o.SamplerOrder = "llama", verbose: o.Verbose = False,
     overlap: o.Overlap = False,
@@ -44,24 +44,22 @@ def serve_command(
     Example: rast serve -m Qwen/Qwen2.5-7B-Instruct-GGUF:Q4_K_M --base Qwen2.5-1.5B-Q8_0.gguf
     --tuned SimpleRL-1.5B-Q8_0.gguf --alpha 0.5 -ngl 99 -np 8 --port 8080
     """
-    from rast_gguf import _llama
+    flags = locals()
+    from rast_gguf.cli.engine_setup import from_flags
     from rast_gguf.engine import RastEngine
     from rast_gguf.errors import UsageError
-    from rast_gguf.sampling import SamplingParams
     from rast_gguf.serve.app import ServeConfig
     from rast_gguf.serve.protocol import Defaults
     from rast_gguf.serve.server import run_server
 
-    _llama.set_verbose(verbose)
     if not 0 <= port <= 65535:
         raise UsageError(f"--port must be in [0, 65535], got {port}")
     if max_queue < 0:
         raise UsageError(f"--max-queue must be >= 0 (0: no limit), got {max_queue}")
     if n_predict == 0 or n_predict < -1:
         raise UsageError(f"-n must be -1 (until the context is full) or >= 1, got {n_predict}")
-    SamplingParams(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed, order=sampler_order)  # checks
-    large_path, pairs = resolve_models(large, base, tuned, alpha, n_gpu_layers, n_gpu_layers_small)
-    large_path = Path(large_path)
+    setup = from_flags(flags)  # -v, the sampling flags checked, the models resolved, the engine's flags
+    large_path = Path(setup.large)
     name = alias or (str(large) if large is not None else large_path.stem)
     accepted = {name, str(large_path), large_path.name, large_path.stem} | ({str(large)} if large else set())
     config = ServeConfig(model_name=name, accepted_names=frozenset(accepted), api_key=api_key or None,
@@ -70,8 +68,7 @@ def serve_command(
                          order=sampler_order)
 
     def load_engine() -> RastEngine:
-        return RastEngine(large_path, pairs, n_ctx=ctx_size, n_batch=batch_size, n_threads=threads,
-                          n_gpu_layers=n_gpu_layers, n_seq_max=parallel, overlap=overlap)
+        return setup.engine(n_seq_max=parallel)
 
     def describe(engine: RastEngine) -> str:
         alphas = ", ".join(f"{pair.alpha:g}" for pair in engine.pairs) or "none"
