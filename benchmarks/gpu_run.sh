@@ -57,6 +57,9 @@ else
   # pack it (15 MB parts fit what one call brings back); carry the parts as $BUILD* next time
   # (some GPU images have no zstd: then xz, and carry the parts as BUILD=.dev/llcuda.tar.xz.)
   if command -v zstd >/dev/null; then pack=(zstd -T0 -19 -q); ext=zst; else pack=(xz -T0 -6); ext=xz; fi
+  # pip copies each library three times (libX.so, .so.0, .so.0.N); keep one, link the others
+  (cd "$SITE/llama_cpp/lib" && for f in *.so.*.*; do b=${f%%.so.*}.so
+     for d in "$b" "${f%.*.*}"; do [ -f "$d" ] && [ ! -L "$d" ] && cmp -s "$f" "$d" && ln -sf "$f" "$d"; done; done) || true
   (cd "$SITE" && tar c llama_cpp llama_cpp_python-*.dist-info include 2>/dev/null | "${pack[@]}" \
     | split -b 15M - "$OUT/llcuda.tar.$ext.")
 fi
