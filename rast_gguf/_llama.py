@@ -70,3 +70,14 @@ def take_last_problem() -> str:
 def addr(handle) -> int:
     """A ctypes handle's address, for the C++ extension."""
     return ctypes.cast(handle, ctypes.c_void_p).value or 0
+
+
+def libggml() -> ctypes.CDLL:
+    """A handle through which ggml's functions resolve to the copy libllama itself uses.
+
+    pip installs each library under three names (libggml.so, .so.0, .so.0.N) as separate files, and
+    libllama links the `.so.0` ones; opening `libggml-base.so` by path loads a second copy with its
+    own state (abort callback, backend registry), which llama.cpp never sees. dlsym on libllama's own
+    handle searches libllama's dependencies, so every ggml symbol found through it is the live one.
+    """
+    return ctypes.CDLL(C._lib._name)

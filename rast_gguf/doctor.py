@@ -14,23 +14,17 @@ import os
 import sys
 from pathlib import Path
 
-from rast_gguf import _preload
+from rast_gguf import _llama, _preload
 from rast_gguf._llama import C
 
 _DEVICE_TYPES = {0: "CPU", 1: "GPU", 2: "integrated GPU", 3: "accelerator"}
 
 
 def _libggml() -> ctypes.CDLL | None:
-    import llama_cpp
-
-    lib_dir = Path(llama_cpp.__file__).parent / "lib"
-    for name in ("libggml.so", "libggml.dylib", "ggml.dll"):
-        if (lib_dir / name).exists():
-            try:
-                return ctypes.CDLL(str(lib_dir / name))
-            except OSError:
-                return None
-    return None
+    try:
+        return _llama.libggml()
+    except OSError:
+        return None
 
 
 def backend_devices() -> list[dict]:

@@ -58,23 +58,13 @@ def _lib_dir() -> Path:
     return Path(llama_cpp.__file__).parent / "lib"
 
 
-def _load(stem: str) -> ctypes.CDLL | None:
-    for name in (f"lib{stem}.so", f"lib{stem}.dylib", f"{stem}.dll"):
-        if (_lib_dir() / name).exists():
-            return ctypes.CDLL(str(_lib_dir() / name))
-    return None
-
-
 class _Ggml:
     """The few libggml calls this module needs, declared once."""
 
     def __init__(self):
-        from rast_gguf import _llama  # noqa: F401  (libllama, hence libggml, loaded in the right order)
+        from rast_gguf import _llama
 
-        lib = _load("ggml")
-        base = _load("ggml-base")
-        if lib is None or base is None:
-            raise RpcError(f"cannot find libggml in {_lib_dir()}; reinstall with bash scripts/setup.sh")
+        lib = _llama.libggml()
         vp, cp, sz = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t
         for fn, res, args in [("ggml_backend_reg_by_name", vp, [cp]), ("ggml_backend_reg_get_proc_address", vp, [vp, cp]),
                               ("ggml_backend_reg_dev_count", sz, [vp]), ("ggml_backend_reg_dev_get", vp, [vp, sz]),
@@ -83,10 +73,10 @@ class _Ggml:
                               ("ggml_backend_dev_description", cp, [vp]), ("ggml_backend_dev_type", ctypes.c_int, [vp]),
                               ("ggml_backend_dev_backend_reg", vp, [vp]), ("ggml_backend_reg_name", cp, [vp]),
                               ("ggml_backend_dev_memory", None, [vp, ctypes.POINTER(sz), ctypes.POINTER(sz)])]:
-            f = getattr(lib, fn, None) or getattr(base, fn)
+            f = getattr(lib, fn)
             f.restype, f.argtypes = res, args
             setattr(self, fn, f)
-        self.set_abort_callback = base.ggml_set_abort_callback
+        self.set_abort_callback = lib.ggml_set_abort_callback
         self.set_abort_callback.restype, self.set_abort_callback.argtypes = vp, [vp]
 
     def rpc_reg(self) -> int:
@@ -255,13 +245,25 @@ _guarded: list[str] = []
 _abort_callback = None  # kept alive: ggml holds the C pointer
 
 
-def _lost_servers(endpoints: Sequence[str]) -> list[str]:
-    lost = []
-    for endpoint in endpoints:
-        try:
-            socket.create_connection(_split(endpoint), timeout=1.0).close()
-        except OSError:
-            lost.append(endpoint)
+def _lost_servers(endpoints: Sequence[str], attempts: int = 5, pause: float = 0.1) -> list[str]:
+    """The endpoints that refuse a connection. A killed server's process closes its client
+    connection (which is what made ggml abort) an instant before its listening socket, so one
+    accepted probe proves little: probe again until refused (lost) or until a probe waits (a live
+    server busy with its one client leaves our earlier probes in its accept queue of one)."""
+    lost, settled = [], set()
+    for attempt in range(attempts):
+        for endpoint in endpoints:
+            if endpoint in settled:
+                continue
+            try:
+                socket.create_connection(_split(endpoint), timeout=0.5).close()
+            except (socket.timeout, TimeoutError):
+                settled.add(endpoint)
+            except OSError:
+                lost.append(endpoint)
+                settled.add(endpoint)
+        if attempt + 1 < attempts and len(settled) < len(endpoints):
+            time.sleep(pause)
     return lost
 
 
