@@ -58,9 +58,11 @@ class BenchSetup:
     modes: tuple[str, ...] = MODES
     transformers: bool = True
     parallel: tuple[int, ...] = (1,)
+    rpc: tuple[str, ...] = ()  # RPC servers for the large model's offloaded layers (in every mode, the plain loop's too)
 
     def label(self) -> str:
         where = "" if self.n_gpu_layers_small != 0 else ", pair on CPU"
+        where += f", large model over RPC ({', '.join(self.rpc)})" if self.rpc else ""
         return f"{self.large} {self.ftype_large} + {self.small} {self.ftype_small}{where}"
 
 
@@ -131,15 +133,20 @@ def bench_plain_mode(setup: BenchSetup, mode: str, paths: tuple[Path, Path, Path
 
     files = paths[:1] if mode == "plain" else paths
     fa = FLASH_ATTN_TYPES[setup.flash_attn]
+    devices = None
+    if setup.rpc:
+        from rast_gguf import rpc
+
+        devices = rpc.model_devices(rpc.connect(setup.rpc))
     mem = _Memory()
     t_load = time.perf_counter()
     prompts = _prompts(setup, n_seq)
     plain_loop(files, [p[:32] for p in prompts], 4, n_ctx=_n_ctx(setup), n_batch=512,  # warm-up
-               n_gpu_layers=setup.n_gpu_layers, n_threads=setup.n_threads, flash_attn=fa)
+               n_gpu_layers=setup.n_gpu_layers, n_threads=setup.n_threads, flash_attn=fa, devices_large=devices)
     t_load = time.perf_counter() - t_load
     result = plain_loop(files, prompts, setup.n_gen, n_ctx=_n_ctx(setup), n_batch=min(512, setup.n_prompt * n_seq),
                         n_gpu_layers=setup.n_gpu_layers, n_threads=setup.n_threads, flash_attn=fa,
-                        n_repeat=setup.n_repeat)
+                        n_repeat=setup.n_repeat, devices_large=devices)
     mem.sample()
     gc.collect()
     return {"mode": mode, "parallel": n_seq, "load_s": round(t_load, 2), **result, **mem.fields()}
@@ -174,7 +181,7 @@ def bench_engine(setup: BenchSetup, mode: str, paths: tuple[Path, Path, Path]) -
     t_load = time.perf_counter()
     with RastEngine(large, pairs, n_ctx=n_ctx, n_batch=min(512, setup.n_prompt), n_threads=setup.n_threads,
                     n_gpu_layers=setup.n_gpu_layers, flash_attn=setup.flash_attn,
-                    overlap=(mode == "overlap")) as engine:
+                    overlap=(mode == "overlap"), rpc=list(setup.rpc)) as engine:
         t_load = time.perf_counter() - t_load
         prompt = _prompts(setup, 1)[0]
         _timed_run(engine, prompt[:32], 8)  # warm-up: CUDA graphs, allocations
@@ -232,7 +239,8 @@ def bench_sched_mode(setup: BenchSetup, mode: str, paths: tuple[Path, Path, Path
     t_load = time.perf_counter()
     out = []
     with RastEngine(large, pairs, n_ctx=_n_ctx(setup), n_batch=n_batch, n_threads=setup.n_threads,
-                    n_gpu_layers=setup.n_gpu_layers, flash_attn=setup.flash_attn, n_seq_max=n_seq) as engine:
+                    n_gpu_layers=setup.n_gpu_layers, flash_attn=setup.flash_attn, n_seq_max=n_seq,
+                    rpc=list(setup.rpc)) as engine:
         t_load = time.perf_counter() - t_load
         prompts = _prompts(setup, n_seq)
         _sched_run(engine, [SeqRequest(tuple(p[:32]), greedy, 4, ignore_eos=True) for p in prompts])  # warm-up

@@ -13,6 +13,7 @@ B * (n_gen - 1) tokens after the first, over their wall time).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import time
 from collections.abc import Sequence
@@ -22,15 +23,18 @@ import llama_cpp as L
 
 def plain_loop(paths: Sequence[str | os.PathLike], prompts: Sequence[Sequence[int]], n_gen: int, *,
                n_ctx: int, n_batch: int, n_gpu_layers: int, n_threads: int | None, flash_attn: int = -1,
-               n_repeat: int = 1) -> dict:
+               n_repeat: int = 1, devices_large: Sequence[int] | None = None) -> dict:
     n_seq = len(prompts)
     models, contexts = [], []
     batch = None
     samplers = []
     try:
-        for path in paths:
+        for i, path in enumerate(paths):
             mparams = L.llama_model_default_params()
             mparams.n_gpu_layers = n_gpu_layers
+            if i == 0 and devices_large:  # ggml_backend_dev_t list, NULL-terminated; llama.cpp copies it
+                device_array = (ctypes.c_void_p * (len(devices_large) + 1))(*devices_large, None)
+                mparams.devices = ctypes.addressof(device_array)
             model = L.llama_model_load_from_file(str(path).encode(), mparams)
             if not model:
                 raise RuntimeError(f"llama.cpp could not load {path}")

@@ -70,15 +70,16 @@ def toy_configs(triple: ToyTriple, alphas: Sequence[float]):
 
 
 def show_solutions(triple: ToyTriple, problems, *, alpha: float, color: bool, out: TextIO,
-                   n_threads: int | None) -> None:
+                   n_threads: int | None, n_gpu_layers: int = 0, placement: dict | None = None) -> None:
     from rast_gguf.delta_view import colorize, legend
     from rast_gguf.engine import RastEngine
     from rast_gguf.generate import stream_generate
     from rast_gguf.sampling import DeltaPair, SamplingParams
 
     greedy = SamplingParams(temp=0.0, seed=0)
-    pair = DeltaPair(str(triple.small_tuned), str(triple.small_base), alpha)
-    with RastEngine(triple.large, [pair], n_ctx=256, n_threads=n_threads) as engine:
+    pair = DeltaPair(str(triple.small_tuned), str(triple.small_base), alpha, n_gpu_layers)
+    with RastEngine(triple.large, [pair], n_ctx=256, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
+                    **(placement or {})) as engine:
         if color:
             print(legend(color), file=out)
         for problem in problems:
@@ -96,8 +97,10 @@ def show_solutions(triple: ToyTriple, problems, *, alpha: float, color: bool, ou
 
 def run_demo(*, triple: ToyTriple | None = None, n_show: int = 3, n_eval: int = 200,
              alphas: Sequence[float] = DEMO_ALPHAS, show_alpha: float = 1.0, seed: int = 0,
-             n_threads: int | None = 1, n_parallel: int = 16, color: bool = False, out: TextIO = sys.stdout):
-    """Print the worked examples and the accuracy table; returns the evaluation report."""
+             n_threads: int | None = 1, n_parallel: int = 16, color: bool = False, out: TextIO = sys.stdout,
+             n_gpu_layers: int = 0, placement: dict | None = None):
+    """Print the worked examples and the accuracy table; returns the evaluation report. `n_gpu_layers`
+    and `placement` (RastEngine's rpc / rpc_small / tensor_split) place the models as in every engine."""
     from rast_gguf.evaluate import evaluate, markdown_table
 
     triple = triple or ToyTriple.shipped()
@@ -105,13 +108,14 @@ def run_demo(*, triple: ToyTriple | None = None, n_show: int = 3, n_eval: int = 
     if n_show:
         print(f"Held-out problems, greedy decoding (RAST: large + {show_alpha:g} * (small tuned - small base)):",
               file=out)
-        show_solutions(triple, problems[:n_show], alpha=show_alpha, color=color, out=out, n_threads=n_threads)
+        show_solutions(triple, problems[:n_show], alpha=show_alpha, color=color, out=out, n_threads=n_threads,
+                       n_gpu_layers=n_gpu_layers, placement=placement)
     if not n_eval:
         return None
     print(f"\nAccuracy on {n_eval} held-out problems (greedy):", file=out)
     with tempfile.TemporaryDirectory(prefix="rast-demo-") as tmp:
         report = evaluate(toy_configs(triple, alphas), problems[:n_eval], tmp, template=TEMPLATE, n=1,
                           max_tokens=MAX_TOKENS, n_parallel=n_parallel, n_ctx=256, n_threads=n_threads,
-                          progress=False, grader=toy_grader, dataset_name="toy sums")
+                          n_gpu_layers=n_gpu_layers, placement=placement, progress=False, grader=toy_grader, dataset_name="toy sums")
     print(markdown_table(report), file=out)
     return report

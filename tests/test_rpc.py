@@ -6,6 +6,7 @@ or frozen mid-run gives one line naming it, never a hang or a traceback."""
 import llama_cpp  # noqa: F401
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -202,6 +203,32 @@ def test_cli_places_layers_on_both_servers_and_prints_the_local_output(triple, s
         assert f"[{endpoint}] model buffer size" in remote.stderr, remote.stderr[-3000:]
 
 
+def test_demo_runs_the_shipped_large_model_on_a_server(servers):
+    """`rast demo --rpc`: the embedded triple with the large model's layers remote prints what it prints locally."""
+    common = ["demo", "--show", "1", "--problems", "4", "--alpha", "1", "--no-color"]
+    local = subprocess.run([str(RAST), *common], capture_output=True, text=True, timeout=300)
+    remote = subprocess.run([str(RAST), *common, "--rpc", servers[0], "-ngl", "99", "-v"], capture_output=True,
+                            text=True, timeout=300)
+    assert local.returncode == 0 and remote.returncode == 0, remote.stderr[-2000:]
+    assert remote.stdout == local.stdout and "large + RAST a=1" in local.stdout
+    assert f"[{servers[0]}] model buffer size" in remote.stderr, remote.stderr[-3000:]
+
+
+def test_bench_places_the_large_model_on_a_server_in_every_mode(servers, tmp_path):
+    """`rast bench --rpc`: the plain loop (the reference of every ratio) and the engine's modes alike."""
+    proc = subprocess.run([str(RAST), "bench", "--large", "tiny-qwen2-large", "--small", "tiny-qwen2", "--quant-large",
+                           "f16", "--quant-small", "f16", "-p", "16", "-n", "4", "-r", "1", "-t", "1", "--modes",
+                           "plain,alone,sequential", "--no-transformers", "--models-dir", "m", "--json", "b.json",
+                           "-ngl", "99", "-ngls", "0", "--rpc", servers[0], "-v"],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = {r["mode"]: r for r in json.loads((tmp_path / "b.json").read_text())[0]["runs"]}
+    assert set(runs) == {"plain", "alone", "sequential"} and all(r["tg_tps"] > 0 for r in runs.values())
+    # the large model is loaded twice per mode (warm-up and timed loads for the plain loop, one engine per mode)
+    assert proc.stderr.count(f"[{servers[0]}] model buffer size") >= 3, proc.stderr[-3000:]
+    assert "large model over RPC" in proc.stdout
+
+
 def test_doctor_lists_remote_devices(servers):
     proc = subprocess.run([str(RAST), "doctor", "--rpc", ",".join(servers)], capture_output=True, text=True,
                           timeout=60)
@@ -282,12 +309,14 @@ def test_placement_flags_reach_every_engine_building_command():
     from rast_gguf.cli.analyze import analyze_command
     from rast_gguf.cli.batch import batch_command
     from rast_gguf.cli.chat import chat_command
+    from rast_gguf.cli.demo import demo_command
     from rast_gguf.cli.engine_setup import from_flags
     from rast_gguf.cli.eval import eval_command
     from rast_gguf.cli.generate import generate_command
     from rast_gguf.cli.serve import serve_command
 
-    for command in (generate_command, chat_command, batch_command, eval_command, analyze_command, serve_command):
+    for command in (generate_command, chat_command, batch_command, eval_command, analyze_command, serve_command,
+                    demo_command):
         assert {"rpc", "rpc_small", "tensor_split"} <= set(inspect.signature(command).parameters), command.__name__
     setup = from_flags({"rpc": "127.0.0.1:5000,10.0.0.2:5001", "rpc_small": None, "tensor_split": "3/1"},
                        models=False)

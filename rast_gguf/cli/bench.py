@@ -30,6 +30,7 @@ def bench_command(
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG bar chart here (needs matplotlib).")] = None,
     from_json: Annotated[Optional[list[Path]], typer.Option("--from-json", help="Run nothing: merge the results of earlier --json files (repeat) into one table, JSON and plot.")] = None,
     threads: o.Threads = None, flash_attn: o.FlashAttn = o.FLASH_ATTN, verbose: o.Verbose = False,
+    rpc: o.Rpc = None,
     speculative: Annotated[bool, typer.Option("--speculative", help="Also time speculative RAST: cycles at fixed accepted lengths on the synthetic models (tok/s per acceptance, beside the large model alone and RAST) and the real acceptance and speedup on the toy triple.")] = False,
     draft_lengths: Annotated[str, typer.Option("--draft-lengths", help="With --speculative: draft lengths k to time (comma-separated).")] = "1,2,3,4,6,8",
 ) -> None:
@@ -37,6 +38,7 @@ def bench_command(
     from rast_gguf import _llama
     from rast_gguf.bench import BenchSetup, load_results, run_bench, write_plot
     from rast_gguf.errors import UsageError
+    from rast_gguf.rpc import parse_endpoints
 
     if from_json:
         results = [res for path in from_json for res in load_results(path)]
@@ -62,7 +64,7 @@ def bench_command(
                            n_prompt=n_prompt, n_gen=n_gen, n_repeat=repeat, n_threads=threads, flash_attn=flash_attn,
                            workdir=workdir,
                            modes=tuple(m.strip() for m in modes.split(",") if m.strip()), transformers=transformers,
-                           parallel=widths)
+                           parallel=widths, rpc=tuple(parse_endpoints(rpc)))
         if speculative:
             from rast_gguf.bench_spec import cycle_bench
 

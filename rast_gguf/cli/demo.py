@@ -22,6 +22,8 @@ def demo_command(
                                          "more threads mostly add synchronisation).")] = 1,
     color: Annotated[Optional[bool], typer.Option("--color/--no-color", help="Colour tokens by the delta. "
                                                   "[default: on a terminal]", show_default=False)] = None,
+    n_gpu_layers: o.NGpuLayers = 0,
+    rpc: o.Rpc = None, rpc_small: o.RpcSmall = None, tensor_split: o.TensorSplit = None,
     verbose: o.Verbose = False,
 ):
     """See RAST work on the small trained triple shipped with the package (no download, ~1 minute on 2 cores).
@@ -30,6 +32,7 @@ def demo_command(
     model to work it out, and RAST carries that to the large model at decode time.
     """
     from rast_gguf import _llama
+    from rast_gguf.cli.models import placement
     from rast_gguf.delta_view import use_color
     from rast_gguf.demo import DEMO_ALPHAS, run_demo
     from rast_gguf.errors import UsageError
@@ -38,4 +41,5 @@ def demo_command(
     if show < 0 or problems < 0:
         raise UsageError("--show and --problems must be >= 0")
     run_demo(n_show=show, n_eval=problems, alphas=tuple(alpha or DEMO_ALPHAS), show_alpha=show_alpha, seed=seed,
-             n_threads=threads, n_parallel=parallel, color=use_color(sys.stdout) if color is None else color)
+             n_threads=threads, n_parallel=parallel, color=use_color(sys.stdout) if color is None else color,
+             n_gpu_layers=n_gpu_layers, placement=placement(rpc, rpc_small, tensor_split))
