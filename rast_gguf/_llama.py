@@ -17,9 +17,13 @@ import ctypes
 import os
 import sys
 
-from rast_gguf import _preload  # noqa: F401  (one libstdc++ for the process; must precede llama_cpp)
-import llama_cpp  # noqa: F401  (loads libllama; must precede rast_gguf._ext)
-from llama_cpp import llama_cpp as C
+# ggml answers a failed assertion by attaching gdb to the process and printing its backtrace
+# (hundreds of lines, seconds) before abort(); without it only the message line is printed
+os.environ.setdefault("GGML_NO_BACKTRACE", "1")
+
+from rast_gguf import _preload  # noqa: F401,E402  (one libstdc++ for the process; must precede llama_cpp)
+import llama_cpp  # noqa: F401,E402  (loads libllama; must precede rast_gguf._ext)
+from llama_cpp import llama_cpp as C  # noqa: E402
 
 # enum ggml_log_level (ggml.h): NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5
 _GGML_LOG_LEVEL_WARN = 3
