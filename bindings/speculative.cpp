@@ -7,6 +7,10 @@
 #include <stdexcept>
 #include <string>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 using rast_clock = std::chrono::steady_clock;
 
 static double seconds_since(rast_clock::time_point t0) {
@@ -103,12 +107,57 @@ float rast_post_chain::apply(const float * z, float * logits_out, float * probs_
     return top;
 }
 
-int32_t rast_argmax(const float * z, int32_t n) {
-    int32_t best = 0;
-    for (int32_t i = 1; i < n; ++i) {
-        if (z[i] > z[best]) best = i;
+// Vocabulary rows are walked in blocks small enough to stay in L1 between the passes over them.
+static constexpr int32_t ROW_BLOCK = 1024;
+
+static const uint32_t NEG_INF_BITS = 0xff800000u;
+
+// dst[i] = src[i] where mask[i] is all ones, -inf where it is 0: bit operations, which vectorise
+// (a float select does not, under the default -ftrapping-math).
+static void masked_copy(const float * src, const uint32_t * mask, float * dst, int32_t n) {
+    for (int32_t i = 0; i < n; ++i) {
+        uint32_t bits;
+        std::memcpy(&bits, src + i, sizeof bits);
+        bits = (bits & mask[i]) | (NEG_INF_BITS & ~mask[i]);
+        std::memcpy(dst + i, &bits, sizeof bits);
     }
-    return best;
+}
+
+// Largest value of z[0..n) (-inf when n == 0).
+static float block_max(const float * z, int32_t n) {
+    int32_t i = 0;
+    float m = -INFINITY;
+#if defined(__SSE2__)
+    __m128 a = _mm_set1_ps(-INFINITY), b = a;
+    for (; i + 8 <= n; i += 8) {  // max(x, acc) keeps acc when x is NaN, as the scalar loop does
+        a = _mm_max_ps(_mm_loadu_ps(z + i), a);
+        b = _mm_max_ps(_mm_loadu_ps(z + i + 4), b);
+    }
+    float lanes[4];
+    _mm_storeu_ps(lanes, _mm_max_ps(a, b));
+    for (float v : lanes) m = v > m ? v : m;
+#endif
+    for (; i < n; ++i) m = z[i] > m ? z[i] : m;
+    return m;
+}
+
+// Folds block [start, start + n) of a row into the running first argmax (best, *best_v).
+static void argmax_step(const float * zb, int32_t start, int32_t n, int32_t * best, float * best_v) {
+    const float m = block_max(zb, n);
+    if (*best >= 0 && !(m > *best_v)) return;
+    int32_t j = 0;
+    while (j + 1 < n && !(zb[j] == m)) ++j;
+    *best = start + j;
+    *best_v = m;
+}
+
+int32_t rast_argmax(const float * z, int32_t n) {
+    int32_t best = -1;
+    float best_v = -INFINITY;
+    for (int32_t start = 0; start < n; start += ROW_BLOCK) {
+        argmax_step(z + start, start, std::min(ROW_BLOCK, n - start), &best, &best_v);
+    }
+    return std::max(best, 0);
 }
 
 int32_t rast_draw(const float * probs, int32_t n, double u) {
@@ -155,17 +204,29 @@ int32_t rast_accept_or_resample(const float * p, const float * q, int32_t n, int
 
 rast_speculator::rast_speculator(llama_context * ctx_large, std::vector<rast_pair> pairs, int32_t n_shared,
                                  std::vector<uint8_t> excluded, const rast_chain_settings & settings, uint64_t seed,
-                                 rast_draft_kind kind, llama_context * ctx_draft, int32_t n_batch_max)
+                                 rast_draft_kind kind, llama_context * ctx_draft, int32_t n_batch_max,
+                                 bool eager_draft)
     : ctx_large_(ctx_large), pairs_(std::move(pairs)),
       n_vocab_(llama_vocab_n_tokens(llama_model_get_vocab(llama_get_model(ctx_large)))), n_shared_(n_shared),
       settings_(settings), chain_p_(settings, n_vocab_), chain_q_(settings, n_vocab_), seed_(seed), kind_(kind),
-      ctx_draft_(ctx_draft), n_batch_max_(n_batch_max) {
+      ctx_draft_(ctx_draft), n_batch_max_(n_batch_max), eager_draft_(eager_draft) {
     if (kind_ == RAST_DRAFT_TUNED && pairs_.empty()) throw std::invalid_argument("drafting with the tuned model needs a pair");
     if (kind_ == RAST_DRAFT_MODEL && !ctx_draft_) throw std::invalid_argument("no drafter context");
     if (kind_ == RAST_DRAFT_TUNED) ctx_draft_ = pairs_[0].ctx_tuned;
+    if (kind_ == RAST_DRAFT_NGRAM) eager_draft_ = false;
     allowed_.assign(n_vocab_, 0);
-    for (int32_t id = 0; id < n_shared_; ++id) allowed_[id] = id < (int32_t) excluded.size() ? !excluded[id] : 1;
+    mask_.assign(n_shared_, 0u);
+    for (int32_t id = 0; id < n_shared_; ++id) {
+        allowed_[id] = id < (int32_t) excluded.size() ? !excluded[id] : 1;
+        if (allowed_[id]) mask_[id] = ~0u;
+    }
+    verifiers_ = {ctx_large_};
+    for (size_t p = 0; p < pairs_.size(); ++p) {
+        if (!(kind_ == RAST_DRAFT_TUNED && p == 0)) verifiers_.push_back(pairs_[p].ctx_tuned);
+        verifiers_.push_back(pairs_[p].ctx_base);
+    }
     batch_ = llama_batch_init(n_batch_max_, 0, 1);
+    batch_one_ = llama_batch_init(1, 0, 1);
     z_.resize(n_vocab_);
     post_q_.resize(n_vocab_);
     post_.resize(n_vocab_);
@@ -174,6 +235,7 @@ rast_speculator::rast_speculator(llama_context * ctx_large, std::vector<rast_pai
 
 rast_speculator::~rast_speculator() {
     llama_batch_free(batch_);
+    llama_batch_free(batch_one_);
 }
 
 void rast_speculator::start(const std::vector<llama_token> & history) {
@@ -199,6 +261,38 @@ static void batch_set(llama_batch & b, int32_t i, llama_token token, llama_pos p
     b.logits[i] = logits;
 }
 
+// The drafter's choice from its logits row j (the draft for position n + 1 + j); false when its top
+// probability is below p_min (the draft ends). Greedy: the masked argmax in one pass, the top
+// probability (only for p_min) in a second pass that skips ids more than 30 nats below the top.
+bool rast_speculator::next_draft(const float * row, int32_t j, float p_min, llama_token * d) {
+    const int32_t n = (int32_t) history_.size();
+    float * q = q_.data() + (size_t) j * n_vocab_;
+    if (settings_.temp <= 0.0f) {
+        float zb[ROW_BLOCK];
+        int32_t best = -1;
+        float best_v = -INFINITY;
+        for (int32_t start = 0; start < n_shared_; start += ROW_BLOCK) {
+            const int32_t len = std::min(ROW_BLOCK, n_shared_ - start);
+            masked_copy(row + start, mask_.data() + start, zb, len);
+            argmax_step(zb, start, len, &best, &best_v);
+        }
+        *d = std::max(best, 0);
+        if (p_min <= 0.0f) return true;
+        double sum = 0.0;
+        const float floor = best_v - 30.0f;
+        for (int32_t id = 0; id < n_shared_; ++id) {
+            if (mask_[id] && row[id] > floor) sum += std::exp(row[id] - best_v);
+        }
+        return (float) (1.0 / sum) >= p_min;
+    }
+    float * zq = z_.data();
+    masked_copy(row, mask_.data(), zq, n_shared_);
+    std::fill(zq + n_shared_, zq + n_vocab_, -INFINITY);
+    const float top = chain_q_.apply(zq, nullptr, q);
+    *d = rast_draw(q, n_vocab_, rast_uniform(seed_, (int64_t) n + 1 + j, U_DRAFT));
+    return top >= p_min;
+}
+
 int32_t rast_speculator::draft_with_model(llama_context * ctx, int32_t k_max, float p_min, bool keep_rows) {
     const int32_t n = (int32_t) history_.size();
     llama_memory_t mem = llama_get_memory(ctx);
@@ -208,16 +302,23 @@ int32_t rast_speculator::draft_with_model(llama_context * ctx, int32_t k_max, fl
         held = n;
     }
     // catch up with the history (after a full acceptance a separate drafter lacks the last draft),
-    // then id_last: logits for the last one only
-    for (int32_t start = held; start <= n; start += n_batch_max_) {
-        const int32_t end = std::min(n + 1, start + n_batch_max_);
+    // then id_last: logits for the last one only; eager with nothing to draft, id_last waits for the
+    // verify round
+    const bool defer_last = eager_draft_ && k_max == 0;
+    const int32_t last = defer_last ? n - 1 : n;
+    for (int32_t start = held; start <= last; start += n_batch_max_) {
+        const int32_t end = std::min(last + 1, start + n_batch_max_);
         batch_.n_tokens = end - start;
         for (int32_t pos = start; pos < end; ++pos) {
             batch_set(batch_, pos - start, pos < n ? history_[pos] : id_last_, pos, pos == n);
         }
         decode(ctx, batch_);
     }
-    const bool greedy = settings_.temp <= 0.0f;
+    if (defer_last) {
+        pending_token_ = id_last_;
+        pending_row_ = 0;
+        return 0;
+    }
     const int32_t n_read = std::min(n_shared_, llama_vocab_n_tokens(llama_model_get_vocab(llama_get_model(ctx))));
     for (int32_t j = 0;; ++j) {
         const float * row = llama_get_logits_ith(ctx, -1);
@@ -226,20 +327,16 @@ int32_t rast_speculator::draft_with_model(llama_context * ctx, int32_t k_max, fl
             n_rows_ = j + 1;
         }
         if (j >= k_max) break;
-        float * zq = z_.data();
-        for (int32_t id = 0; id < n_vocab_; ++id) zq[id] = allowed_[id] ? row[id] : -INFINITY;
-        float * q = q_.data() + (size_t) j * n_vocab_;
         llama_token d;
-        if (greedy) {
-            d = rast_argmax(zq, n_vocab_);
-            if (p_min > 0.0f && chain_q_.apply(zq, nullptr, q) < p_min) break;
-        } else {
-            const float top = chain_q_.apply(zq, nullptr, q);
-            d = rast_draw(q, n_vocab_, rast_uniform(seed_, (int64_t) n + 1 + j, U_DRAFT));
-            if (top < p_min) break;
-        }
+        if (!next_draft(row, j, p_min, &d)) break;
         drafts_.push_back(d);
-        if ((int32_t) drafts_.size() >= k_max) break;
+        if ((int32_t) drafts_.size() >= k_max) {
+            if (eager_draft_) {  // decoded in the verify round
+                pending_token_ = d;
+                pending_row_ = j + 1;
+            }
+            break;
+        }
         batch_.n_tokens = 1;
         batch_set(batch_, 0, d, n + j + 1, true);
         decode(ctx, batch_);
@@ -281,6 +378,7 @@ const float * rast_speculator::tuned_row(size_t pair, int32_t i) {
 
 const float * rast_speculator::drafter_row(int32_t i) {
     if (i < n_rows_) return rows_.data() + (size_t) i * n_vocab_;
+    if (i == eager_row_) return llama_get_logits_ith(ctx_draft_, -1);  // decoded in the verify round
     // every draft was accepted: the drafter has not yet decoded the last one; its row is the next one
     const auto t0 = rast_clock::now();
     const int32_t k = (int32_t) drafts_.size();
@@ -294,33 +392,44 @@ const float * rast_speculator::drafter_row(int32_t i) {
     return rows_.data() + (size_t) i * n_vocab_;
 }
 
-void rast_speculator::rast_row(int32_t i, float * z) {
+// The pairs' delta at verify row i: sum over pairs of alpha (t - b), the delta sampler's
+// arithmetic expression for expression (greedy output must match it bit for bit).
+const float * rast_speculator::delta_row(int32_t i) {
+    float * d = delta_.data() + (size_t) i * n_vocab_;
+    if (delta_ready_[i]) return d;
+    if (pairs_.empty()) std::fill(d, d + n_shared_, 0.0f);
+    for (size_t k = 0; k < pairs_.size(); ++k) {
+        const float alpha = pairs_[k].alpha;
+        const float * t = tuned_row(k, i);
+        const float * b = llama_get_logits_ith(pairs_[k].ctx_base, i);
+        if (k == 0) {
+            for (int32_t id = 0; id < n_shared_; ++id) d[id] = alpha * (t[id] - b[id]);
+        } else {
+            for (int32_t id = 0; id < n_shared_; ++id) d[id] += alpha * (t[id] - b[id]);
+        }
+    }
+    delta_ready_[i] = 1;
+    return d;
+}
+
+int32_t rast_speculator::rast_row(int32_t i, float * z) {
+    const float * d = delta_row(i);
     const float * zl = llama_get_logits_ith(ctx_large_, i);
-    const size_t n_pairs = pairs_.size();
-    std::vector<const float *> t(n_pairs), b(n_pairs);
-    for (size_t k = 0; k < n_pairs; ++k) {
-        t[k] = tuned_row(k, i);
-        b[k] = llama_get_logits_ith(pairs_[k].ctx_base, i);
-    }
-    // the delta sampler's arithmetic, expression for expression (greedy output must match it bit for bit)
-    if (n_pairs == 1) {
-        const float alpha = pairs_[0].alpha;
-        for (int32_t id = 0; id < n_vocab_; ++id) {
-            if (!allowed_[id]) { z[id] = -INFINITY; continue; }
-            float logit = zl[id];
-            logit += alpha * (t[0][id] - b[0][id]);
-            z[id] = logit;
+    int32_t best = -1;
+    float best_v = -INFINITY;
+    for (int32_t start = 0; start < n_shared_; start += ROW_BLOCK) {
+        const int32_t len = std::min(ROW_BLOCK, n_shared_ - start);
+        float * zb = z + start;
+        for (int32_t j = 0; j < len; ++j) {
+            float logit = zl[start + j];
+            logit += d[start + j];
+            zb[j] = logit;
         }
-    } else {
-        for (int32_t id = 0; id < n_vocab_; ++id) {
-            if (!allowed_[id]) { z[id] = -INFINITY; continue; }
-            float delta = 0.0f;
-            for (size_t k = 0; k < n_pairs; ++k) delta += pairs_[k].alpha * (t[k][id] - b[k][id]);
-            float logit = zl[id];
-            logit += delta;
-            z[id] = logit;
-        }
+        masked_copy(zb, mask_.data() + start, zb, len);
+        argmax_step(zb, start, len, &best, &best_v);
     }
+    std::fill(z + n_shared_, z + n_vocab_, -INFINITY);
+    return std::max(best, 0);
 }
 
 void rast_speculator::emit_stats(const float * zl, const float * z_rast, const float * post_logits, llama_token token) {
@@ -356,9 +465,12 @@ rast_cycle_result rast_speculator::cycle(int32_t k_max, float p_min, int32_t n_m
     delta_stats.clear();
     drafts_.clear();
     n_rows_ = 0;
+    pending_row_ = eager_row_ = -1;
     lazy_seconds_ = 0.0;
     const size_t need = (size_t) (k_max + 1) * n_vocab_;
     if (q_.size() < need) q_.resize(need);
+    if (delta_.size() < need) delta_.resize(need);
+    if ((int32_t) delta_ready_.size() < k_max + 1) delta_ready_.resize(k_max + 1);
     if (kind_ != RAST_DRAFT_NGRAM && rows_.size() < need) rows_.resize(need);
     const int32_t n = (int32_t) history_.size();
 
@@ -371,6 +483,7 @@ rast_cycle_result rast_speculator::cycle(int32_t k_max, float p_min, int32_t n_m
     }
     if (k < n_min) {
         drafts_.clear();
+        if (k > 0) pending_row_ = -1;  // the row of a dropped draft is not needed
         k = 0;
     }
     res.t_draft = seconds_since(t0);
@@ -379,24 +492,32 @@ rast_cycle_result rast_speculator::cycle(int32_t k_max, float p_min, int32_t n_m
     batch_.n_tokens = k + 1;
     batch_set(batch_, 0, id_last_, n, true);
     for (int32_t j = 0; j < k; ++j) batch_set(batch_, j + 1, drafts_[j], n + j + 1, true);
-    std::vector<llama_context *> verifiers = {ctx_large_};
-    for (size_t p = 0; p < pairs_.size(); ++p) {
-        if (!(kind_ == RAST_DRAFT_TUNED && p == 0)) verifiers.push_back(pairs_[p].ctx_tuned);
-        verifiers.push_back(pairs_[p].ctx_base);
+    for (auto * ctx : verifiers_) decode(ctx, batch_);  // the large model's first
+    if (pending_row_ >= 0) {
+        batch_one_.n_tokens = 1;
+        batch_set(batch_one_, 0, pending_token_, n + pending_row_, true);
+        decode(ctx_draft_, batch_one_);
+        eager_row_ = pending_row_;
+        pending_row_ = -1;
     }
-    for (auto * ctx : verifiers) decode(ctx, batch_);
-    for (auto * ctx : verifiers) llama_synchronize(ctx);
+    // while the large model computes (on a GPU): the pairs' delta of every row whose small-model
+    // logits are there without another decode
+    std::fill(delta_ready_.begin(), delta_ready_.begin() + k + 1, 0);
+    for (int32_t i = 0; i <= k; ++i) {
+        if (kind_ != RAST_DRAFT_TUNED || i < n_rows_ || i == eager_row_) delta_row(i);
+    }
+    llama_synchronize(ctx_large_);
     res.t_verify = seconds_since(t0);
 
     const bool greedy = settings_.temp <= 0.0f;
     int32_t m = 0;
     for (int32_t i = 0; i <= k; ++i) {
-        rast_row(i, z_.data());
+        const llama_token top = rast_row(i, z_.data());
         const float * zl = llama_get_logits_ith(ctx_large_, i);
         llama_token token;
         bool accepted = false;
         if (greedy) {
-            token = rast_argmax(z_.data(), n_vocab_);
+            token = top;
             accepted = i < k && drafts_[i] == token;
             emit_stats(zl, z_.data(), z_.data(), token);
         } else {
@@ -410,7 +531,8 @@ rast_cycle_result rast_speculator::cycle(int32_t k_max, float p_min, int32_t n_m
                 // the draft the drafter would propose here, decided like any draft (exact for any q)
                 float * zq = post_q_.data();
                 const float * row = drafter_row(i);
-                for (int32_t id = 0; id < n_vocab_; ++id) zq[id] = allowed_[id] ? row[id] : -INFINITY;
+                masked_copy(row, mask_.data(), zq, n_shared_);
+                std::fill(zq + n_shared_, zq + n_vocab_, -INFINITY);
                 float * q = q_.data() + (size_t) i * n_vocab_;
                 chain_q_.apply(zq, nullptr, q);
                 const llama_token d = rast_draw(q, n_vocab_, rast_uniform(seed_, pos, U_DRAFT));
@@ -435,7 +557,7 @@ rast_cycle_result rast_speculator::cycle(int32_t k_max, float p_min, int32_t n_m
 
     // every context keeps exactly history + id_last + the accepted drafts
     const llama_pos keep = n + m + 1;
-    for (auto * ctx : verifiers) llama_memory_seq_rm(llama_get_memory(ctx), 0, keep, -1);
+    for (auto * ctx : verifiers_) llama_memory_seq_rm(llama_get_memory(ctx), 0, keep, -1);
     if (kind_ != RAST_DRAFT_NGRAM) llama_memory_seq_rm(llama_get_memory(ctx_draft_), 0, keep, -1);
     history_.push_back(id_last_);
     history_.insert(history_.end(), drafts_.begin(), drafts_.begin() + m);

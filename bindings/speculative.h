@@ -18,6 +18,12 @@
 // Drafters: the first pair's tuned model (its logits rows at the drafted positions are exactly the
 // z_tuned RAST needs there: they are copied while drafting and that context is left out of the
 // verify batch), a separate model context, or n-gram prompt lookup over the token history.
+//
+// The drafter's decode of its last draft (of id_last when nothing is drafted) is needed only when
+// every draft is accepted. With eager_draft it is queued in the verify round, after the large and
+// base decodes (on a GPU llama_decode only queues work on the context's own stream, so the three
+// overlap) and rolled back with the others on a rejection; without it (a CPU, where it would cost
+// a whole decode on every rejection) it is decoded after the verify, only when needed.
 #pragma once
 
 #include "delta_sampler.h"
@@ -55,7 +61,7 @@ class rast_post_chain {
     std::vector<llama_token_data> cur_;
 };
 
-// Index of the first maximum of z[0..n) (llama.cpp's greedy rule).
+// Index of the first maximum of z[0..n) (llama.cpp's greedy rule), block by block.
 int32_t rast_argmax(const float * z, int32_t n);
 
 // Draw from the distribution probs[0..n) (need not be normalised; sum > 0) with u in [0, 1).
@@ -79,14 +85,15 @@ struct rast_cycle_result {
     int32_t                  n_drafted = 0;
     int32_t                  n_accepted = 0;
     double                   t_draft = 0.0;  // seconds drafting (drafter decodes + q)
-    double                   t_verify = 0.0; // seconds of the batched verify decode (synchronised)
+    double                   t_verify = 0.0; // seconds of the verify round (the batched decodes, synchronised,
+                                             // with the pairs' delta rows computed while the large one runs)
 };
 
 class rast_speculator {
   public:
     rast_speculator(llama_context * ctx_large, std::vector<rast_pair> pairs, int32_t n_shared,
                     std::vector<uint8_t> excluded, const rast_chain_settings & settings, uint64_t seed,
-                    rast_draft_kind kind, llama_context * ctx_draft, int32_t n_batch_max);
+                    rast_draft_kind kind, llama_context * ctx_draft, int32_t n_batch_max, bool eager_draft);
     ~rast_speculator();
 
     // history: the tokens so far; every RAST context must hold history[0..n-1) (the last one is
@@ -111,9 +118,11 @@ class rast_speculator {
 
   private:
     int32_t draft_with_model(llama_context * ctx, int32_t k_max, float p_min, bool keep_rows);
+    bool    next_draft(const float * row, int32_t j, float p_min, llama_token * d);
     int32_t draft_ngram(int32_t k_max, int32_t ngram_min, int32_t ngram_max);
     const float * drafter_row(int32_t i);  // the drafter's logits for row i (tuned/model drafters)
-    void    rast_row(int32_t i, float * z);  // RAST logits of verify row i
+    const float * delta_row(int32_t i);      // the pairs' delta at verify row i (computed once a cycle)
+    int32_t rast_row(int32_t i, float * z);  // RAST logits of verify row i; returns their first argmax
     const float * tuned_row(size_t pair, int32_t i);
     void    emit_stats(const float * z_large, const float * z_rast, const float * post_logits, llama_token token);
     int32_t decode(llama_context * ctx, llama_batch & batch);
@@ -128,7 +137,10 @@ class rast_speculator {
     rast_draft_kind          kind_;
     llama_context *          ctx_draft_;
     int32_t                  n_batch_max_;
-    llama_batch              batch_;
+    bool                     eager_draft_;
+    llama_batch              batch_, batch_one_;
+    std::vector<llama_context *> verifiers_;  // the large context first
+    std::vector<uint32_t>    mask_;     // n_shared: all ones where RAST may pick the id, 0 elsewhere
 
     std::vector<llama_token> history_;   // tokens every RAST context holds
     llama_token              id_last_ = -1;  // sampled, decoded nowhere yet
@@ -136,6 +148,11 @@ class rast_speculator {
     std::vector<float>       q_;          // drafts x n_vocab: q of each draft (sampled drafting)
     std::vector<float>       rows_;       // (drafts + 1) x n_vocab: the drafter's copied rows (tuned)
     int32_t                  n_rows_ = 0; // rows copied
+    llama_token              pending_token_ = -1;  // eager: the drafter's decode that goes to the verify round,
+    int32_t                  pending_row_ = -1;    // giving row pending_row_ (-1: none)
+    int32_t                  eager_row_ = -1;      // the row the drafter decoded in this verify round (-1: none)
+    std::vector<float>       delta_;               // (drafts + 1) x n_vocab: the pairs' delta per verify row
+    std::vector<uint8_t>     delta_ready_;
     double                   lazy_seconds_ = 0.0; // drafter decode of the last draft after a full acceptance
     std::vector<float>       z_, post_, post_q_, p_;
 };

@@ -24,7 +24,8 @@ struct Speculator {
 
     Speculator(uintptr_t ctx_large_addr, const std::vector<std::tuple<float, uintptr_t, uintptr_t>> & pairs,
                int32_t n_shared, float temp, int32_t top_k, float top_p, float min_p, uint64_t seed,
-               const std::string & order, const std::string & drafter, uintptr_t ctx_draft_addr, int32_t n_batch_max) {
+               const std::string & order, const std::string & drafter, uintptr_t ctx_draft_addr, int32_t n_batch_max,
+               bool eager_draft) {
         llama_context * ctx_large = ctx_from(ctx_large_addr);
         const llama_vocab * vocab = llama_model_get_vocab(llama_get_model(ctx_large));
         if (n_shared <= 0 || n_shared > llama_vocab_n_tokens(vocab)) {
@@ -57,7 +58,7 @@ struct Speculator {
         }
         if (n_batch_max < 1) throw std::invalid_argument("n_batch_max must be >= 1");
         spec = std::make_unique<rast_speculator>(ctx_large, std::move(rast_pairs), n_shared, std::move(excluded),
-                                                 settings, seed, kind, ctx_draft, n_batch_max);
+                                                 settings, seed, kind, ctx_draft, n_batch_max, eager_draft);
     }
 
     rast_speculator & get() const {
@@ -91,10 +92,10 @@ using FloatVec = nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device:
 void rast_register_speculative(nb::module_ & m) {
     nb::class_<Speculator>(m, "Speculator")
         .def(nb::init<uintptr_t, const std::vector<std::tuple<float, uintptr_t, uintptr_t>> &, int32_t, float, int32_t,
-                      float, float, uint64_t, const std::string &, const std::string &, uintptr_t, int32_t>(),
+                      float, float, uint64_t, const std::string &, const std::string &, uintptr_t, int32_t, bool>(),
              nb::arg("ctx_large"), nb::arg("pairs"), nb::arg("n_shared"), nb::arg("temp"), nb::arg("top_k"),
              nb::arg("top_p"), nb::arg("min_p"), nb::arg("seed"), nb::arg("order"), nb::arg("drafter"),
-             nb::arg("ctx_draft"), nb::arg("n_batch_max"))
+             nb::arg("ctx_draft"), nb::arg("n_batch_max"), nb::arg("eager_draft") = false)
         .def("start", [](Speculator & s, const std::vector<int32_t> & history) {
                  s.get().start(std::vector<llama_token>(history.begin(), history.end()));
              }, nb::arg("history"))

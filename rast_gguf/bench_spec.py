@@ -8,7 +8,9 @@ tuned model) and for the large model drafted by the small base model alone (plai
 decoding, no delta). Tokens/s at a per-token acceptance a: a draft is accepted with probability a
 until the first rejection, so P(m) = a^m (1 - a) for m < k and a^k for m = k, and tokens/s(a) =
 max over k of E[m + 1] / E[T(k, m)]. The large model alone and plain RAST are timed in the same run
-(`rast_gguf.bench.bench_engine`), so the ratios are side by side.
+(`rast_gguf.bench.bench_engine`), so the ratios are side by side. The cycle is the one generation
+runs (with the drafter on a GPU, its last decode inside the verify round); each T(k, m) comes with
+its drafting and verifying parts, the rest being host work.
 
 `toy_acceptance()`: the real thing on the shipped toy triple: acceptance and end-to-end tokens/s of
 speculative vs plain RAST (greedy) per alpha, over the same prompts.
@@ -23,16 +25,19 @@ import time
 from rast_gguf.bench import BenchSetup, bench_engine, check_setup, synthetic_models
 from rast_gguf.engine import RastEngine
 from rast_gguf.sampling import DeltaPair, SamplingParams
-from rast_gguf.speculative import DraftParams, make_speculator
+from rast_gguf.speculative import DraftParams, eager_draft, make_speculator
 
 ACCEPTANCES = (0.5, 0.6, 0.7, 0.8, 0.9)
 DRAFT_LENGTHS = (1, 2, 3, 4, 6, 8)
 
 
-def _cycle_times(engine: RastEngine, prompt: list[int], ks, n_cycles: int) -> dict[tuple[int, int], float]:
-    """Median seconds of a cycle with k drafts of which exactly m are accepted."""
-    spec = make_speculator(engine, SamplingParams(temp=0))
+def _cycle_times(engine: RastEngine, prompt: list[int], ks, n_cycles: int, eager: bool):
+    """({(k, m): median seconds of a cycle with k drafts of which exactly m are accepted},
+    {(k, m): (median seconds drafting, verifying)}): the rest of a cycle is host work (combining
+    rows, the acceptance test, the rollback, the Python call)."""
+    spec = make_speculator(engine, SamplingParams(temp=0), eager)
     times: dict[tuple[int, int], float] = {}
+    parts: dict[tuple[int, int], tuple[float, float]] = {}
     try:
         def restart():
             engine.rewind(len(prompt) - 1)
@@ -42,18 +47,21 @@ def _cycle_times(engine: RastEngine, prompt: list[int], ks, n_cycles: int) -> di
         for k in ks:
             for m in range(k + 1):
                 spec.set_forced_accept(m)
-                runs = []
+                runs, drafting, verifying = [], [], []
                 for i in range(n_cycles + 1):  # the first one warms this length up
                     if spec.n_past + k + 2 >= engine.n_ctx:
                         restart()
                     t0 = time.perf_counter()
-                    spec.cycle(k, 0.0, 0, 1, 4)
+                    _, _, _, t_draft, t_verify = spec.cycle(k, 0.0, 0, 1, 4)
                     if i:
                         runs.append(time.perf_counter() - t0)
+                        drafting.append(t_draft)
+                        verifying.append(t_verify)
                 times[(k, m)] = statistics.median(runs)
+                parts[(k, m)] = (statistics.median(drafting), statistics.median(verifying))
     finally:
         spec.close()
-    return times
+    return times, parts
 
 
 def tokens_per_second(times: dict[tuple[int, int], float], a: float) -> tuple[float, int]:
@@ -87,7 +95,12 @@ def cycle_bench(setup: BenchSetup, ks=DRAFT_LENGTHS, n_cycles: int = 5, log=prin
             low = min(1000, engine.n_shared // 4)
             prompt = [rng.randrange(low, engine.n_shared - low) for _ in range(setup.n_prompt)]
             engine.feed(prompt[:-1])
-            times = _cycle_times(engine, prompt, ks, n_cycles)
+            eager = eager_draft(engine)
+            times, parts = _cycle_times(engine, prompt, ks, n_cycles, eager)
+        log(f"{setup.label()}: {mode}, cycle ms T(k,m) = draft + verify + host"
+            + (" (drafter's last decode in the verify round)" if eager else "") + ": "
+            + ", ".join(f"({k},{m}) {1e3 * t:.2f} = {1e3 * parts[(k, m)][0]:.2f} + {1e3 * parts[(k, m)][1]:.2f} + "
+                        f"{1e3 * (t - sum(parts[(k, m)])):.2f}" for (k, m), t in times.items()))
         rows = []
         for a in ACCEPTANCES:
             tps, k = tokens_per_second(times, a)
@@ -95,7 +108,10 @@ def cycle_bench(setup: BenchSetup, ks=DRAFT_LENGTHS, n_cycles: int = 5, log=prin
                          "vs_rast": round(tps / rast, 3)})
             log(f"{setup.label()}: {mode:38s} a={a:.1f} k={k}: {tps:7.1f} tok/s  {tps / alone:.2f} x alone  "
                 f"{tps / rast:.2f} x RAST  [forced acceptance: timing only]")
-        result["modes"][mode] = {"cycle_ms": {f"{k},{m}": round(1e3 * t, 3) for (k, m), t in times.items()},
+        result["modes"][mode] = {"eager_draft": eager,
+                                 "cycle_ms": {f"{k},{m}": round(1e3 * t, 3) for (k, m), t in times.items()},
+                                 "draft_verify_ms": {f"{k},{m}": [round(1e3 * d, 3), round(1e3 * v, 3)]
+                                                     for (k, m), (d, v) in parts.items()},
                                  "by_acceptance": rows}
     return result
 

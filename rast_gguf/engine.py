@@ -108,6 +108,7 @@ class RastEngine:
                              "give --base/--tuned, or use --draft ngram or --draft PATH")
         draft_file = self.draft.source if self.draft and self.draft.kind == "model" else None
         draft_ngl = self.pairs[0].n_gpu_layers if self.pairs else n_gpu_layers
+        self.draft_n_gpu_layers = draft_ngl  # the drafter's: the tuned model's or a separate drafter's
         if flash_attn not in FLASH_ATTN_TYPES:
             raise UsageError(f"--flash-attn must be one of {', '.join(FLASH_ATTN_TYPES)}, got {flash_attn!r}")
         self.flash_attn = flash_attn

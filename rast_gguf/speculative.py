@@ -21,9 +21,11 @@ expected emitted tokens per second, E(k) / T(k), with E(k) = 1 + a + ... + a^k f
 acceptance rate a (accepted / (accepted + rejections), decayed per cycle, prior 1/2) and T(k) = (k +
 1) t_draft + t_verify(k + 1): t_draft the drafter's time per decode, t_verify(n) the verify decode of
 n positions, both timed once when the engine first speculates (`calibrate`) and then followed by an
-exponential moving average of the cycles' own timings. On a GPU t_verify steps up past a few tokens,
-on a CPU it grows about linearly; the rule follows whichever the machine shows. When k = 0 wins,
-every 8th cycle still drafts one token so that the acceptance estimate can recover.
+exponential moving average of the cycles' own timings (with the drafter on a GPU its decode of the
+last draft runs inside the verify round, so a cycle costs k drafter decodes instead of k + 1, see
+`make_speculator`). On a GPU t_verify steps up past a few tokens, on a CPU it grows about
+linearly; the rule follows whichever the machine shows. When k = 0 wins, every 8th cycle still
+drafts one token so that the acceptance estimate can recover.
 `--draft-p-min` (llama.cpp's rule) ends a draft early when the drafter's top probability falls
 below it; drafts shorter than `--draft-min` are dropped.
 """
@@ -48,13 +50,19 @@ _PROBE_EVERY = 8          # when k = 0 is best, draft one token every this many 
 
 @dataclass(frozen=True)
 class DraftParams:
-    """--draft SOURCE (tuned | ngram | PATH), --draft-max, --draft-min, --draft-p-min."""
+    """--draft SOURCE (tuned | ngram | PATH), --draft-max, --draft-min, --draft-p-min.
+
+    adaptive=False always asks for n_max drafts (benchmarks at fixed lengths, tests). eager: queue
+    the drafter's decode of its last draft in the verify round (True), or decode it after the verify
+    only when every draft was accepted (False); None (default): eager when the drafter is on a GPU
+    (`drafter_on_gpu`). The output is the same either way."""
 
     source: str = "tuned"
     n_max: int = DEFAULT_DRAFT_MAX
     n_min: int = 0
     p_min: float = 0.0
-    adaptive: bool = True   # False: always ask for n_max (benchmarks at fixed lengths, tests)
+    adaptive: bool = True
+    eager: bool | None = None
 
     def __post_init__(self):
         source = str(self.source)
@@ -106,8 +114,9 @@ class SpecStats:
 class DraftLength:
     """The adaptive draft-length rule of the module docstring."""
 
-    def __init__(self, params: DraftParams, t_draft: float, t_verify: dict[int, float]):
+    def __init__(self, params: DraftParams, t_draft: float, t_verify: dict[int, float], eager: bool = False):
         self.params = params
+        self.eager = eager  # the drafter's last decode is inside the verify round: k drafter decodes, not k + 1
         self.t_draft = t_draft
         self.t_verify = dict(t_verify)
         self.accepted, self.rejected = 1.0, 1.0  # prior: a = 1/2
@@ -126,7 +135,7 @@ class DraftLength:
         if n not in self.t_verify:  # not timed: the nearest timed length below (or above)
             below = [m for m in self.t_verify if m < n]
             n = max(below) if below else min(self.t_verify)
-        return (k + 1) * self.t_draft + self.t_verify[n]
+        return (k if self.eager else k + 1) * self.t_draft + self.t_verify[n]
 
     def choose(self, k_cap: int) -> int:
         """k for the next cycle, at most k_cap (room left in the context and in max_tokens)."""
@@ -144,7 +153,9 @@ class DraftLength:
         self.n_cycles += 1
         self.accepted = _DECAY * self.accepted + n_accepted
         self.rejected = _DECAY * self.rejected + (1 if n_accepted < n_drafted else 0)
-        self.t_draft += _EMA * (t_draft / (n_drafted + 1) - self.t_draft)
+        n_decodes = n_drafted if self.eager else n_drafted + 1
+        if n_decodes:
+            self.t_draft += _EMA * (t_draft / n_decodes - self.t_draft)
         n = n_drafted + 1
         self.t_verify[n] = t_verify if n not in self.t_verify else self.t_verify[n] + _EMA * (t_verify - self.t_verify[n])
 
@@ -196,13 +207,32 @@ def calibrate(engine, last_token: int) -> tuple[float, dict[int, float]]:
     return t_draft, t_verify or {1: 1.0}
 
 
-def make_speculator(engine, sampling) -> "_ext.Speculator":
+def drafter_on_gpu(engine) -> bool:
+    """Whether the drafter decodes on a local GPU, where llama_decode only queues work: then its
+    decode of the last draft joins the verify round (eager) instead of following it when needed."""
+    from rast_gguf import memory
+
+    if engine.draft.kind == "ngram" or not engine.draft_n_gpu_layers or getattr(engine, "remote_small", None):
+        return False
+    return memory.gpu_offload_supported()
+
+
+def eager_draft(engine) -> bool:
+    """DraftParams.eager, or where None whether the drafter is on a GPU."""
+    eager = engine.draft.eager
+    return drafter_on_gpu(engine) if eager is None else bool(eager) and engine.draft.kind != "ngram"
+
+
+def make_speculator(engine, sampling, eager: bool | None = None) -> "_ext.Speculator":
+    """The C++ speculator over the engine's contexts; eager (None: `eager_draft`) queues the
+    drafter's last decode in the verify round (speculative.h)."""
     pairs = [(p.alpha, tuned.address, base.address) for p, (tuned, base) in zip(engine.pairs, engine.pair_contexts)]
     kind = engine.draft.kind
     ctx_draft = engine.ctx_draft.address if kind == "model" else 0
+    eager = eager_draft(engine) if eager is None else eager
     return _ext.Speculator(engine.ctx_large.address, pairs, engine.n_shared, sampling.temp, sampling.top_k,
                            sampling.top_p, sampling.min_p, sampling.resolved_seed, sampling.order, kind, ctx_draft,
-                           min(engine.n_batch, engine.draft.n_max + 1))
+                           min(engine.n_batch, engine.draft.n_max + 1), eager)
 
 
 def stream_speculative(engine, *, history: Sequence[int], max_tokens: int, sampling, steps, record_logits: bool = False,
@@ -221,8 +251,9 @@ def stream_speculative(engine, *, history: Sequence[int], max_tokens: int, sampl
     p = engine.draft
     if engine._draft_costs is None:
         engine._draft_costs = calibrate(engine, history[-1])
-    rule = DraftLength(p, *engine._draft_costs)
-    spec = make_speculator(engine, sampling)
+    eager = eager_draft(engine)
+    rule = DraftLength(p, *engine._draft_costs, eager=eager)
+    spec = make_speculator(engine, sampling, eager)
     spec.set_record(record_logits)
     spec.set_track_delta(track_delta)
     spec.start(history)

@@ -122,10 +122,11 @@ def exact_table(t, prompt_tokens, alpha, n_tokens):
             m.close()
 
 
-def speculative_counts(t, alpha, drafter, n_runs, n_tokens, *, wrong_residual=False, n_max=2):
+def speculative_counts(t, alpha, drafter, n_runs, n_tokens, *, wrong_residual=False, n_max=2, eager=False):
     """How often each first token (or pair of first tokens) came out of n_runs seeded speculative runs
-    from the same prompt; the cycle is called directly so a run costs one or two cycles."""
-    draft = DraftParams(str(t.base) if drafter == "model" else drafter, n_max=n_max, adaptive=False)
+    from the same prompt; the cycle is called directly so a run costs one or two cycles. eager: the
+    drafter's last decode in the verify round (what a GPU runs)."""
+    draft = DraftParams(str(t.base) if drafter == "model" else drafter, n_max=n_max, adaptive=False, eager=eager)
     with RastEngine(t.large, [DeltaPair(str(t.tuned), str(t.base), alpha)], n_ctx=64, n_threads=1,
                     flash_attn="off", draft=draft) as engine:
         prompt = engine.tokenize(PROMPT)
@@ -149,9 +150,12 @@ def speculative_counts(t, alpha, drafter, n_runs, n_tokens, *, wrong_residual=Fa
     return prompt, counts, n_drafted, n_accepted
 
 
-@pytest.mark.parametrize("drafter, n_tokens, n_runs", [("tuned", 1, N_RUNS), ("tuned", 2, 4000), ("model", 2, 4000)])
-def test_first_tokens_follow_rast_distribution(small_vocab_triple, drafter, n_tokens, n_runs):
-    prompt, counts, n_drafted, n_accepted = speculative_counts(small_vocab_triple, 1.0, drafter, n_runs, n_tokens)
+@pytest.mark.parametrize("drafter, n_tokens, n_runs, eager", [
+    ("tuned", 1, N_RUNS, False), ("tuned", 2, 4000, False), ("model", 2, 4000, False),
+    ("tuned", 2, 4000, True), ("model", 2, 4000, True)])
+def test_first_tokens_follow_rast_distribution(small_vocab_triple, drafter, n_tokens, n_runs, eager):
+    prompt, counts, n_drafted, n_accepted = speculative_counts(small_vocab_triple, 1.0, drafter, n_runs, n_tokens,
+                                                               eager=eager)
     table = exact_table(small_vocab_triple, prompt, 1.0, n_tokens)
     # both the accept branch and the residual branch ran many times
     assert n_drafted >= n_runs and 0.1 * n_drafted < n_accepted < 0.9 * n_drafted
@@ -205,19 +209,31 @@ def assert_greedy_identical(t, pairs, draft, prompts, max_tokens=24):
     return drafted, accepted
 
 
-@pytest.mark.parametrize("drafter, alpha", [("tuned", 0.5), ("tuned", 2.0), ("ngram", 1.0), ("model", 1.0)])
-def test_greedy_output_is_rast_output_on_synthetic_models(small_vocab_triple, drafter, alpha):
+@pytest.mark.parametrize("drafter, alpha, eager", [("tuned", 0.5, False), ("tuned", 2.0, False), ("ngram", 1.0, False),
+                                                   ("model", 1.0, False), ("tuned", 1.0, True), ("model", 1.0, True)])
+def test_greedy_output_is_rast_output_on_synthetic_models(small_vocab_triple, drafter, alpha, eager):
     t = small_vocab_triple
-    draft = DraftParams(str(t.base) if drafter == "model" else drafter, n_max=4)
+    draft = DraftParams(str(t.base) if drafter == "model" else drafter, n_max=4, eager=eager)
     drafted, accepted = assert_greedy_identical(t, [DeltaPair(str(t.tuned), str(t.base), alpha)], draft, SYNTH_PROMPTS)
     assert drafted > 0 and accepted > 0  # the accept path ran, not only plain steps
+
+
+@pytest.mark.parametrize("eager", [False, True])
+def test_greedy_output_with_short_drafts_dropped_and_cut_by_p_min(small_vocab_triple, eager):
+    """--draft-p-min ends drafts early and --draft-min drops short ones (with eager, a dropped draft's
+    queued decode too): the output stays RAST's."""
+    t = small_vocab_triple
+    draft = DraftParams("tuned", n_max=4, n_min=2, p_min=0.3, adaptive=False, eager=eager)
+    assert_greedy_identical(t, [DeltaPair(str(t.tuned), str(t.base), 1.0)], draft, SYNTH_PROMPTS[:4])
 
 
 def test_greedy_output_with_two_pairs_and_a_padded_vocabulary(padded_triple):
     t = padded_triple
     pairs = [DeltaPair(str(t.tuned), str(t.base), 1.0), DeltaPair(str(t.base), str(t.tuned), 0.25)]
-    drafted, _ = assert_greedy_identical(t, pairs, DraftParams("tuned", n_max=3, adaptive=False), SYNTH_PROMPTS[:4])
-    assert drafted >= 4 * 10
+    for eager in (False, True):
+        draft = DraftParams("tuned", n_max=3, adaptive=False, eager=eager)
+        drafted, _ = assert_greedy_identical(t, pairs, draft, SYNTH_PROMPTS[:4])
+        assert drafted >= 4 * 10
 
 
 TOY_PROMPTS = ["Q: 12+345+67+890\\n", "Q: 101+202+303+404\\n"]
@@ -261,8 +277,8 @@ def kv_lengths(engine):
     return [C.llama_memory_seq_pos_max(C.llama_get_memory(ctx.handle), 0) + 1 for ctx in engine.contexts]
 
 
-@pytest.mark.parametrize("drafter", ["tuned", "model"])
-def test_contexts_hold_exactly_the_accepted_tokens(small_vocab_triple, drafter):
+@pytest.mark.parametrize("drafter, eager", [("tuned", False), ("model", False), ("tuned", True), ("model", True)])
+def test_contexts_hold_exactly_the_accepted_tokens(small_vocab_triple, drafter, eager):
     """After a generation (or a stream closed early) every context, the drafter's included, holds the
     prompt and every token but the last, as after plain RAST, and goes on from there as plain RAST."""
     from rast_gguf.generate import stream_generate
@@ -271,7 +287,7 @@ def test_contexts_hold_exactly_the_accepted_tokens(small_vocab_triple, drafter):
     pairs = [DeltaPair(str(t.tuned), str(t.base), 1.0)]
     with RastEngine(t.large, pairs, n_ctx=256, n_threads=2) as plain:
         full = generate(plain, PROMPT, max_tokens=21, ignore_eos=True, sampling=SamplingParams(temp=0))
-    draft = DraftParams(str(t.base) if drafter == "model" else drafter, n_max=5, adaptive=False)
+    draft = DraftParams(str(t.base) if drafter == "model" else drafter, n_max=5, adaptive=False, eager=eager)
     with RastEngine(t.large, pairs, n_ctx=256, n_threads=2, draft=draft) as e:
         n_prompt = len(e.tokenize(PROMPT))
         for n_take in (1, 2, 7, 20):
@@ -344,6 +360,10 @@ def test_draft_length_follows_costs_and_acceptance():
         choices.append(k)
         rule.update(k, 0, 0.05 * (k + 1), gpu_like[k + 1])
     assert choices[-16:].count(0) >= 12 and 1 in choices[-16:]  # plain steps, and a probe now and then
+    eager = DraftLength(params, 0.05, flat, eager=True)   # the drafter's last decode inside the verify round
+    assert eager.cost(0) == flat[1] and eager.cost(3) == 3 * 0.05 + flat[4]
+    eager.update(3, 3, 0.3, 1.0)                          # 3 drafter decodes of 0.1 s
+    assert eager.t_draft == pytest.approx(0.05 + 0.2 * (0.1 - 0.05))
 
 
 def test_bad_draft_settings_are_one_line_errors(triple, tmp_path):
