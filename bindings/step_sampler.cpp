@@ -305,6 +305,7 @@ namespace nb = nanobind;
 
 template <typename T> using Array1 = nb::ndarray<nb::numpy, T, nb::ndim<1>>;
 template <typename T> using Array2 = nb::ndarray<nb::numpy, T, nb::ndim<2>>;
+using Row = nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 
 template <typename T> static std::pair<T *, nb::capsule> owned(size_t n) {
     T * data = new T[std::max<size_t>(n, 1)];
@@ -408,6 +409,24 @@ void rast_register_step_sampler(nb::module_ & m) {
               return count.load();
           },
           nb::arg("n_threads"), nb::arg("n_items"), nb::arg("fail_at"));
+
+    // Test hook: rast_greedy_argmax over given rows (large, then tuned/base of each pair, all n wide).
+    m.def("_greedy_argmax_check",
+          [](Row large, std::vector<Row> pair_rows, std::vector<float> alphas, int32_t n_shared,
+             std::vector<int32_t> excluded_ids) {
+              if (pair_rows.size() != 2 * alphas.size()) throw std::invalid_argument("give tuned and base per alpha");
+              std::vector<const float *> rows;
+              for (auto & r : pair_rows) {
+                  if (r.shape(0) < (size_t) n_shared) throw std::invalid_argument("a row is shorter than n_shared");
+                  rows.push_back(r.data());
+              }
+              if (large.shape(0) < (size_t) n_shared) throw std::invalid_argument("a row is shorter than n_shared");
+              std::sort(excluded_ids.begin(), excluded_ids.end());
+              const rast_greedy_choice c = rast_greedy_argmax(large.data(), rows.data(), alphas.data(), alphas.size(),
+                                                              n_shared, excluded_ids);
+              return std::make_pair(c.token, c.large_top);
+          },
+          nb::arg("large"), nb::arg("pair_rows"), nb::arg("alphas"), nb::arg("n_shared"), nb::arg("excluded_ids"));
 
     // Fill a llama_batch (made by llama_batch_init with n_seq_max >= 1) with n entries in one call.
     m.def("fill_batch",
