@@ -69,10 +69,18 @@ class SchedulerStats:
     busy_slot_steps: int = 0           # over the steps: slots holding a sequence (prefilling or generating)
     total_slot_steps: int = 0          # steps * n_slots
     changed_tokens: int = 0            # generated tokens where RAST's choice differs from the large argmax
+    queued_steps: int = 0              # steps that began with requests waiting for a slot
+    queued_busy_slot_steps: int = 0    # busy slots over those steps
 
     @property
     def occupancy(self) -> float:
         return self.busy_slot_steps / self.total_slot_steps if self.total_slot_steps else 0.0
+
+    @property
+    def occupancy_queued(self) -> float:
+        """Occupancy over the steps that began with requests waiting (the steady state: without the tail
+        of a run, where fewer sequences than slots remain)."""
+        return self.queued_busy_slot_steps / (self.queued_steps * self.n_slots) if self.queued_steps else 1.0
 
 
 class Ticket:
@@ -235,7 +243,8 @@ class Scheduler:
         self._callback_error = None
         if self._incoming or self._cancelled:  # a racy peek is fine: what it misses, the next step sees
             self._take_incoming()
-        if self._waiting:
+        queued = bool(self._waiting)
+        if queued:
             self._admit()
         batch, rows, prefilled, n_busy = self._build_batch()
         if not batch[0]:
@@ -246,6 +255,9 @@ class Scheduler:
         st.steps += 1
         st.total_slot_steps += len(self._slots)
         st.busy_slot_steps += n_busy
+        if queued:
+            st.queued_steps += 1
+            st.queued_busy_slot_steps += n_busy
         try:
             self.engine.decode_entries(*batch)
         except RastError as e:
