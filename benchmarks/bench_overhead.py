@@ -82,7 +82,8 @@ def run_sched(engine, prompt, n_gen):
     sched = Scheduler(engine)
     SPANS.clear()
     times = []
-    sched.submit([SeqRequest(tuple(prompt), GREEDY, n_gen, ignore_eos=True)], lambda e: times.append(time.perf_counter()))
+    sched.submit([SeqRequest(tuple(prompt), GREEDY, n_gen, ignore_eos=True)],
+                 lambda event: times.append(time.perf_counter()))
     sched.run_until_idle()
     return per_token(times)
 

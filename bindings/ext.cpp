@@ -155,9 +155,9 @@ struct SamplerChain {
                 pair_logits.push_back(llama_get_logits_ith(p.ctx_base, idx));
                 alphas.push_back(p.alpha);
             }
-            const rast_greedy_choice choice = rast_greedy_argmax(llama_get_logits_ith(ctx_large, idx), pair_logits.data(),
-                                                                 alphas.data(), alphas.size(), delta_ctx->n_shared,
-                                                                 excluded_ids);
+            const float * large = llama_get_logits_ith(ctx_large, idx);
+            const rast_greedy_choice choice = rast_greedy_argmax(large, pair_logits.data(), alphas.data(), alphas.size(),
+                                                                 delta_ctx->n_shared, excluded_ids);
             return choice.token < 0 ? 0 : choice.token;  // nothing finite: greedy takes the first candidate
         }
         delta_ctx->output_index = idx;

@@ -386,8 +386,8 @@ void rast_register_step_sampler(nb::module_ & m) {
                          continue;
                      }
                      nb::list top;
-                     for (int32_t j = 0; j < k_max; ++j) {
-                         if (top_ids[i * k_max + j] >= 0) top.append(nb::make_tuple(top_ids[i * k_max + j], top_lp[i * k_max + j]));
+                     for (size_t j = i * k_max; j < (i + 1) * k_max; ++j) {
+                         if (top_ids[j] >= 0) top.append(nb::make_tuple(top_ids[j], top_lp[j]));
                      }
                      top_list.append(nb::tuple(top));
                  }

@@ -6,12 +6,12 @@
 //
 // Per row: z = z_large + sum_k alpha_k * (z_tuned_k - z_base_k) over the ids every model scores
 // (ids >= n_shared and padding ids are never chosen), computed exactly as the delta sampler does.
-// Greedy rows take the argmax of z in one vectorized pass (rast_greedy_argmax, no candidate array); sampled rows fill a
-// candidate array and run llama.cpp's own samplers (the same links, order and seed as
-// SamplerChain), so both paths choose what the one-row-at-a-time chain chooses. Rows are spread
-// over a small persistent thread pool; the logits of every context are fetched (which waits for
-// that context's queued work) on the calling thread first. An exception in a worker is caught and
-// rethrown on the caller once every worker has finished.
+// Greedy rows take the argmax of z in one vectorized pass (rast_greedy_argmax, no candidate
+// array); sampled rows fill a candidate array and run llama.cpp's own samplers (the same links,
+// order and seed as SamplerChain), so both paths choose what the one-row-at-a-time chain
+// chooses. Rows are spread over a small persistent thread pool; the logits of every context are
+// fetched (which waits for that context's queued work) on the calling thread first. An exception
+// in a worker is caught and rethrown on the caller once every worker has finished.
 #pragma once
 
 #include "llama.h"

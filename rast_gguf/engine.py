@@ -21,7 +21,6 @@ import weakref
 from collections.abc import Sequence
 
 from rast_gguf import _ext, memory
-from rast_gguf._llama import C
 from rast_gguf import rpc as rpc_backend
 from rast_gguf.errors import ClosedError, PromptTooLongError, UsageError
 from rast_gguf.gguf_file import GGUFInfo
@@ -247,12 +246,10 @@ class RastEngine:
         return self._decoder is not None
 
     def _decode_batch(self) -> None:
-        if self._decoder is None:  # the handles are live while the engine is open (checked by the caller)
-            batch = self._batch.struct
+        if self._decoder is None:
+            batch = self._batch
             for ctx in self._contexts:
-                rc = C.llama_decode(ctx._handle, batch)
-                if rc:
-                    ctx.check_decode(rc)
+                ctx.decode(batch)
             return
         for ctx, rc in zip(self._contexts, self._decoder.decode_all(self._batch.address)):
             ctx.check_decode(rc)

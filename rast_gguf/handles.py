@@ -182,7 +182,9 @@ class Context(Handle):
         return self._memory_handle
 
     def decode(self, batch: "Batch") -> None:
-        self.check_decode(C.llama_decode(self._live(), batch.struct))
+        rc = C.llama_decode(self._live(), batch.struct)
+        if rc:
+            self.check_decode(rc)
 
     def check_decode(self, rc: int) -> None:
         """Turn llama_decode's return code for this context into an exception (0: nothing)."""

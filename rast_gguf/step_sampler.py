@@ -8,8 +8,9 @@ z_large + sum alpha * (z_tuned - z_base). It returns numpy arrays: tokens, chang
 differs from the large model's own argmax), logprob (of the token under the distribution it was
 drawn from, after truncation and temperature; NaN where not asked) and the top k_max ids and
 log-probabilities of that distribution (-1 / NaN padded). `sample_rows(rows, handles)` is the
-same as plain lists, each row's logprobs as its request asked (what the scheduler calls every step). `ChainStepSampler` does the same one row
-at a time through `SamplerChain` (the reference the C++ path is tested against).
+same as plain lists, each row's logprobs as its request asked (what the scheduler calls every
+step). `ChainStepSampler` does the same one row at a time through `SamplerChain` (the reference
+the C++ path is tested against).
 """
 
 from __future__ import annotations
