@@ -7,7 +7,8 @@ generated token over the whole run (prompts, scheduling and file writes included
 the same process: the plain llama-cpp-python loop (`rast_gguf.bench_plain`: llama_decode + one
 greedy llama_sampler per row, no project code) over the large file alone and over the three files
 at B = the widest -np, decoding the records' prompts and then --plain-tokens steps of B rows. Also
-printed per -np: slot occupancy and prompt tokens decoded vs requested (shared prompts).
+printed per -np: slot occupancy (overall, and over the steps that began with requests waiting for a
+slot) and prompt tokens decoded vs requested (shared prompts).
 
     python benchmarks/bench_batch.py                                  # CPU-sized default shapes
     python benchmarks/bench_batch.py -ngl 99 --large qwen2.5-7b --small qwen2.5-1.5b --large-type q4_k_m \\
@@ -50,6 +51,7 @@ def one_run(engine: RastEngine, lines: list[bytes]) -> dict:
     assert summary.generated_tokens == expected, (summary.generated_tokens, expected)
     st = summary.stats
     return {"tokens": summary.generated_tokens, "seconds": summary.seconds, "occupancy": st.occupancy,
+            "occupancy_queued": st.occupancy_queued,
             "prompt_tokens_requested": st.prompt_tokens_requested, "prompt_tokens_decoded": st.prompt_tokens_decoded}
 
 
@@ -105,7 +107,7 @@ def main() -> None:
           f"three models (no delta) {plain['plain3']['tg_tps']:.1f} tok/s")
     first = args.parallel[0]
     print(f"{'-np':>4}  {'tokens':>7}  {'seconds':>8}  {'tok/s':>8}  {'vs -np ' + str(first):>9}  {'vs plain':>8}  "
-          f"{'vs plain3':>9}  {'occupancy':>9}  {'prompt decoded/requested':>24}")
+          f"{'vs plain3':>9}  {'occupancy':>9}  {'while queued':>12}  {'prompt decoded/requested':>24}")
     results = []
     base_tps = None
     for p in args.parallel:
@@ -116,11 +118,12 @@ def main() -> None:
         row = {"parallel": p, "tokens": r0["tokens"], "seconds": med, "tokens_per_s": tps,
                "vs_first": tps / base_tps, "vs_plain": tps / plain["plain"]["tg_tps"],
                "vs_plain3": tps / plain["plain3"]["tg_tps"], "occupancy": r0["occupancy"],
+               "occupancy_queued": r0["occupancy_queued"],
                "prompt_tokens_decoded": r0["prompt_tokens_decoded"],
                "prompt_tokens_requested": r0["prompt_tokens_requested"], "all_seconds": [r["seconds"] for r in runs[p]]}
         results.append(row)
         print(f"{p:>4}  {row['tokens']:>7}  {med:>8.2f}  {tps:>8.1f}  {row['vs_first']:>8.2f}x  {row['vs_plain']:>7.2f}x  "
-              f"{row['vs_plain3']:>8.2f}x  {row['occupancy']:>9.3f}  "
+              f"{row['vs_plain3']:>8.2f}x  {row['occupancy']:>9.3f}  {row['occupancy_queued']:>12.3f}  "
               f"{row['prompt_tokens_decoded']:>11}/{row['prompt_tokens_requested']:<12}")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "plain": plain, "results": results}, indent=2))

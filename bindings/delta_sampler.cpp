@@ -5,6 +5,10 @@
 #include <cstring>
 #include <utility>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 static const char * rast_delta_name(const llama_sampler * /*smpl*/) {
     return "rast-delta";
 }
@@ -207,4 +211,77 @@ void rast_vocab_mark_unused(const llama_vocab * vocab, int32_t n, std::vector<ui
             excluded[id] = 1;
         }
     }
+}
+
+// The largest of z[0..m) that is not NaN (-inf if none), as the loop `if (z[j] > m) m = z[j]` finds it.
+static float rast_block_max(const float * z, int32_t m) {
+    float best = -INFINITY;
+    int32_t j = 0;
+#if defined(__SSE2__)
+    // _mm_max_ps(a, b) is a > b ? a : b lane by lane (b when a is NaN): the same rule on 8 lanes
+    __m128 acc0 = _mm_set1_ps(-INFINITY), acc1 = acc0;
+    for (; j + 8 <= m; j += 8) {
+        acc0 = _mm_max_ps(_mm_loadu_ps(z + j), acc0);
+        acc1 = _mm_max_ps(_mm_loadu_ps(z + j + 4), acc1);
+    }
+    float lanes[4];
+    _mm_storeu_ps(lanes, _mm_max_ps(acc0, acc1));
+    for (float v : lanes) best = v > best ? v : best;
+#endif
+    for (; j < m; ++j) best = z[j] > best ? z[j] : best;
+    return best;
+}
+
+std::vector<int32_t> rast_excluded_ids(const std::vector<uint8_t> & excluded) {
+    std::vector<int32_t> ids;
+    for (size_t id = 0; id < excluded.size(); ++id) {
+        if (excluded[id]) ids.push_back((int32_t) id);
+    }
+    return ids;
+}
+
+rast_greedy_choice rast_greedy_argmax(const float * large, const float * const * pair_logits, const float * alphas,
+                                      size_t n_pairs, int32_t n_shared, const std::vector<int32_t> & excluded_ids) {
+    constexpr int32_t BLOCK = 512;
+    float z[BLOCK], zl[BLOCK];
+    rast_greedy_choice out = {-1, -INFINITY, -1};
+    float large_best = -INFINITY;
+    size_t next_excluded = 0;
+    for (int32_t i0 = 0; i0 < n_shared; i0 += BLOCK) {
+        const int32_t m = std::min(BLOCK, n_shared - i0);
+        const float * l = large + i0;
+        if (n_pairs == 1) {
+            const float a = alphas[0];
+            const float * t = pair_logits[0] + i0;
+            const float * b = pair_logits[1] + i0;
+            for (int32_t j = 0; j < m; ++j) z[j] = l[j] + a * (t[j] - b[j]);
+        } else {
+            for (int32_t j = 0; j < m; ++j) z[j] = 0.0f;
+            for (size_t k = 0; k < n_pairs; ++k) {
+                const float a = alphas[k];
+                const float * t = pair_logits[2 * k] + i0;
+                const float * b = pair_logits[2 * k + 1] + i0;
+                for (int32_t j = 0; j < m; ++j) z[j] += a * (t[j] - b[j]);
+            }
+            for (int32_t j = 0; j < m; ++j) z[j] = l[j] + z[j];
+        }
+        if (next_excluded < excluded_ids.size() && excluded_ids[next_excluded] < i0 + m) {
+            std::memcpy(zl, l, m * sizeof(float));
+            for (; next_excluded < excluded_ids.size() && excluded_ids[next_excluded] < i0 + m; ++next_excluded) {
+                z[excluded_ids[next_excluded] - i0] = zl[excluded_ids[next_excluded] - i0] = -INFINITY;
+            }
+            l = zl;
+        }
+        const float block_best = rast_block_max(z, m);
+        if (block_best > out.best) {  // strictly: an earlier id keeps a tie
+            out.best = block_best;
+            out.token = i0 + (int32_t) (std::find(z, z + m, block_best) - z);
+        }
+        const float block_large = rast_block_max(l, m);
+        if (block_large > large_best) {
+            large_best = block_large;
+            out.large_top = i0 + (int32_t) (std::find(l, l + m, block_large) - l);
+        }
+    }
+    return out;
 }

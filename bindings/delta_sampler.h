@@ -40,6 +40,24 @@ struct rast_delta_stats {
 // z_large: the large model's logits at ctx->output_index (n_vocab wide, only ids < n_shared read).
 rast_delta_stats rast_delta_step_stats(const rast_delta_ctx * ctx, const float * z_large, llama_token chosen);
 
+// The greedy RAST choice without a candidate array: over the ids < n_shared not in excluded_ids
+// (sorted), the first id of the largest z = large + sum_k alpha_k * (tuned_k - base_k) (the delta
+// sampler's float operations, so both choose alike), and the large model's own first argmax. Ids
+// are combined a block at a time (vectorized) and only a block whose maximum beats the best so far
+// is searched for its first maximal id. token/large_top are -1 when no id is allowed (or all are -inf).
+struct rast_greedy_choice {
+    int32_t token;
+    float   best;       // z of token
+    int32_t large_top;
+};
+
+// pair_logits: tuned_0, base_0, tuned_1, base_1, ... (n_vocab wide rows)
+rast_greedy_choice rast_greedy_argmax(const float * large, const float * const * pair_logits, const float * alphas,
+                                      size_t n_pairs, int32_t n_shared, const std::vector<int32_t> & excluded_ids);
+
+// The ids marked 1 in excluded, ascending.
+std::vector<int32_t> rast_excluded_ids(const std::vector<uint8_t> & excluded);
+
 struct rast_probe_ctx {
     bool               enabled = false;
     std::vector<float> logits;   // size n_vocab, -inf where a candidate was removed

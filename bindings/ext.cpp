@@ -45,6 +45,10 @@ struct SamplerChain {
     llama_sampler * delta     = nullptr; // owned by chain
     llama_sampler * probe     = nullptr; // owned by chain
     int32_t         n_vocab   = 0;
+    bool            greedy    = false;
+    std::vector<int32_t> excluded_ids;       // for the greedy fast path
+    std::vector<const float *> pair_logits;  // scratch: tuned/base rows of every pair
+    std::vector<float> alphas;               // scratch
     bool             track_delta = false;
     rast_delta_stats last_delta  = {-1, 0.0f, 0.0f};
 
@@ -69,6 +73,8 @@ struct SamplerChain {
             rast_pairs.push_back({alpha, ctx_tuned, ctx_base});
         }
         excluded.resize(n_shared);
+        excluded_ids = rast_excluded_ids(excluded);
+        greedy = temp <= 0.0f;
 
         llama_sampler_chain_params params = llama_sampler_chain_default_params();
         params.no_perf = true;
@@ -139,6 +145,21 @@ struct SamplerChain {
         check_open();
         check_output_rows(idx);
         auto * delta_ctx = rast_delta_get_ctx(delta);
+        if (greedy && !track_delta && !rast_probe_get_ctx(probe)->enabled) {
+            // the chain would build an n_vocab candidate array, add the delta and take its argmax:
+            // one pass over the logits chooses the same id (greedy, delta and probe keep no state)
+            pair_logits.clear();
+            alphas.clear();
+            for (const auto & p : delta_ctx->pairs) {
+                pair_logits.push_back(llama_get_logits_ith(p.ctx_tuned, idx));
+                pair_logits.push_back(llama_get_logits_ith(p.ctx_base, idx));
+                alphas.push_back(p.alpha);
+            }
+            const float * large = llama_get_logits_ith(ctx_large, idx);
+            const rast_greedy_choice choice = rast_greedy_argmax(large, pair_logits.data(), alphas.data(), alphas.size(),
+                                                                 delta_ctx->n_shared, excluded_ids);
+            return choice.token < 0 ? 0 : choice.token;  // nothing finite: greedy takes the first candidate
+        }
         delta_ctx->output_index = idx;
         delta_ctx->missing_rows = false;
         const llama_token token = llama_sampler_sample(chain, ctx_large, idx);

@@ -107,6 +107,7 @@ StepSampler::StepSampler(llama_context * ctx_large, std::vector<std::pair<llama_
         rast_vocab_mark_unused(llama_model_get_vocab(llama_get_model(base)), n_shared_, excluded_);
     }
     excluded_.resize(n_shared_);
+    excluded_ids_ = rast_excluded_ids(excluded_);
     scratch_.resize(pool_.size());
 }
 
@@ -232,13 +233,11 @@ void StepSampler::sample_row(size_t i, size_t worker, const std::vector<int32_t>
     TopK top(std::max(0, std::min(s.n_logprobs, out.k_max)));
 
     if (s.greedy) {
-        float best = NEG_INF;
-        for (int32_t id = 0; id < n_shared_; ++id) {
-            if (excluded[id]) continue;
-            if (large[id] > large_best) { large_best = large[id]; large_top = id; }
-            const float z = combined(id);
-            if (z > best) { best = z; token = id; }
-        }
+        const rast_greedy_choice choice =
+            rast_greedy_argmax(large, logits + 1, alphas, n_pairs, n_shared_, excluded_ids_);
+        const float best = choice.best;
+        token = choice.token;
+        large_top = choice.large_top;
         if (token < 0) token = 0;  // nothing finite: llama.cpp's greedy takes the first candidate
         if (s.n_logprobs >= 0 && token < n_shared_ && std::isfinite(best)) {
             double sum = 0.0;
@@ -306,6 +305,7 @@ namespace nb = nanobind;
 
 template <typename T> using Array1 = nb::ndarray<nb::numpy, T, nb::ndim<1>>;
 template <typename T> using Array2 = nb::ndarray<nb::numpy, T, nb::ndim<2>>;
+using Row = nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 
 template <typename T> static std::pair<T *, nb::capsule> owned(size_t n) {
     T * data = new T[std::max<size_t>(n, 1)];
@@ -355,7 +355,45 @@ void rast_register_step_sampler(nb::module_ & m) {
                                        Array2<int32_t>(top_ids, {n, (size_t) k_max}, top_ids_owner),
                                        Array2<float>(top_lp, {n, (size_t) k_max}, top_lp_owner));
              },
-             nb::arg("rows"), nb::arg("handles"), nb::arg("k_max") = 0);
+             nb::arg("rows"), nb::arg("handles"), nb::arg("k_max") = 0)
+        // The scheduler's per-step call: plain Python lists, no arrays (making five numpy arrays per
+        // step cost more than sampling a small vocabulary). -> (tokens list[int], changed list[bool],
+        // logprob list[float | None], top list[tuple[(id, logprob), ...] | None]): each row's logprob
+        // as its sequence asked when opened (None: not asked), its top only when it asked for k > 0.
+        .def("sample_rows",
+             [](StepSampler & self, const std::vector<int32_t> & rows, const std::vector<int32_t> & handles) {
+                 const size_t n = rows.size();
+                 if (handles.size() != n) throw std::invalid_argument("rows and handles differ in length");
+                 int32_t k_max = 0;
+                 for (int32_t h : handles) k_max = std::max(k_max, self.n_logprobs(h));
+                 std::vector<int32_t> tokens(n), top_ids(n * k_max);
+                 std::vector<uint8_t> changed(n);
+                 std::vector<float> logprob(n), top_lp(n * k_max);
+                 {
+                     nb::gil_scoped_release release;
+                     rast_step_out out{tokens.data(), changed.data(), logprob.data(), top_ids.data(), top_lp.data(),
+                                       k_max};
+                     self.sample(rows, handles, out);
+                 }
+                 nb::list token_list, changed_list, logprob_list, top_list;
+                 for (size_t i = 0; i < n; ++i) {
+                     token_list.append(tokens[i]);
+                     changed_list.append(changed[i] != 0);
+                     const int32_t k = self.n_logprobs(handles[i]);
+                     logprob_list.append(k < 0 ? nb::none() : nb::cast(logprob[i]));
+                     if (k <= 0) {
+                         top_list.append(nb::none());
+                         continue;
+                     }
+                     nb::list top;
+                     for (size_t j = i * k_max; j < (i + 1) * k_max; ++j) {
+                         if (top_ids[j] >= 0) top.append(nb::make_tuple(top_ids[j], top_lp[j]));
+                     }
+                     top_list.append(nb::tuple(top));
+                 }
+                 return nb::make_tuple(token_list, changed_list, logprob_list, top_list);
+             },
+             nb::arg("rows"), nb::arg("handles"));
 
     // Test hook: a pool of n_threads runs n_items rows; row fail_at (>= 0) throws. Returns the rows run.
     m.def("_row_pool_check",
@@ -371,6 +409,24 @@ void rast_register_step_sampler(nb::module_ & m) {
               return count.load();
           },
           nb::arg("n_threads"), nb::arg("n_items"), nb::arg("fail_at"));
+
+    // Test hook: rast_greedy_argmax over given rows (large, then tuned/base of each pair, all n wide).
+    m.def("_greedy_argmax_check",
+          [](Row large, std::vector<Row> pair_rows, std::vector<float> alphas, int32_t n_shared,
+             std::vector<int32_t> excluded_ids) {
+              if (pair_rows.size() != 2 * alphas.size()) throw std::invalid_argument("give tuned and base per alpha");
+              std::vector<const float *> rows;
+              for (auto & r : pair_rows) {
+                  if (r.shape(0) < (size_t) n_shared) throw std::invalid_argument("a row is shorter than n_shared");
+                  rows.push_back(r.data());
+              }
+              if (large.shape(0) < (size_t) n_shared) throw std::invalid_argument("a row is shorter than n_shared");
+              std::sort(excluded_ids.begin(), excluded_ids.end());
+              const rast_greedy_choice c = rast_greedy_argmax(large.data(), rows.data(), alphas.data(), alphas.size(),
+                                                              n_shared, excluded_ids);
+              return std::make_pair(c.token, c.large_top);
+          },
+          nb::arg("large"), nb::arg("pair_rows"), nb::arg("alphas"), nb::arg("n_shared"), nb::arg("excluded_ids"));
 
     // Fill a llama_batch (made by llama_batch_init with n_seq_max >= 1) with n entries in one call.
     m.def("fill_batch",

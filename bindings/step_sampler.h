@@ -6,12 +6,12 @@
 //
 // Per row: z = z_large + sum_k alpha_k * (z_tuned_k - z_base_k) over the ids every model scores
 // (ids >= n_shared and padding ids are never chosen), computed exactly as the delta sampler does.
-// Greedy rows take the argmax of z in one pass (no candidate array); sampled rows fill a
-// candidate array and run llama.cpp's own samplers (the same links, order and seed as
-// SamplerChain), so both paths choose what the one-row-at-a-time chain chooses. Rows are spread
-// over a small persistent thread pool; the logits of every context are fetched (which waits for
-// that context's queued work) on the calling thread first. An exception in a worker is caught and
-// rethrown on the caller once every worker has finished.
+// Greedy rows take the argmax of z in one vectorized pass (rast_greedy_argmax, no candidate
+// array); sampled rows fill a candidate array and run llama.cpp's own samplers (the same links,
+// order and seed as SamplerChain), so both paths choose what the one-row-at-a-time chain
+// chooses. Rows are spread over a small persistent thread pool; the logits of every context are
+// fetched (which waits for that context's queued work) on the calling thread first. An exception
+// in a worker is caught and rethrown on the caller once every worker has finished.
 #pragma once
 
 #include "llama.h"
@@ -95,6 +95,7 @@ class StepSampler {
     int32_t                                                   n_shared_;
     int32_t                                                   n_vocab_;
     std::vector<uint8_t>                                      excluded_;
+    std::vector<int32_t>                                      excluded_ids_;  // the ids excluded_ marks, ascending
     std::vector<std::unique_ptr<rast_step_seq>>               seqs_;
     std::vector<int32_t>                                      free_;
     std::vector<std::vector<llama_token_data>>                scratch_; // one candidate array per worker

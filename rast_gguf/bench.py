@@ -16,7 +16,8 @@ tokens/s counts the steps where every sequence generates. Per run: ms per step, 
 overhead over its reference (plain for the alone modes, plain3 for RAST); peak GPU memory (NVML)
 and host memory (VmHWM). With the scheduler, two workloads more: "sharing" (8 samples of one prompt
 vs 1: prompt tokens decoded and prefill time) and "mixed" (4B sequences whose max_tokens spread from
-n_gen/16 to n_gen on B slots: slot occupancy and aggregate tokens/s against plain at B). With
+n_gen/16 to n_gen on B slots: slot occupancy, overall and over the steps while requests still wait,
+and aggregate tokens/s against plain at B). With
 torch present, the PyTorch + Transformers baseline runs last. Results are plain dicts (JSON-ready);
 `write_plot` draws them (matplotlib, optional).
 """
@@ -298,11 +299,14 @@ def _mixed(engine: RastEngine, setup: BenchSetup, greedy: SamplingParams, log) -
         run = _sched_run(engine, [SeqRequest(tuple(p[:max(8, setup.n_prompt // 4)]), greedy, m, ignore_eos=True)
                                   for p, m in zip(prompts, lengths)])
         key = "" if order == "longest-first" else "_shuffled"
-        result.update({f"occupancy{key}": round(run["stats"].occupancy, 3), f"tokens{key}": run["tokens"],
+        result.update({f"occupancy{key}": round(run["stats"].occupancy, 3),
+                       f"occupancy_queued{key}": round(run["stats"].occupancy_queued, 3), f"tokens{key}": run["tokens"],
                        f"seconds{key}": round(run["seconds"], 3),
                        f"aggregate_tps{key}": round(run["tokens"] / run["seconds"], 1)})
     log(f"mixed lengths ({low}..{setup.n_gen}) on {n_slots} slots: occupancy {result['occupancy']:.3f} longest first, "
-        f"{result['occupancy_shuffled']:.3f} shuffled; {result['aggregate_tps']:.1f} tok/s over the whole run")
+        f"{result['occupancy_shuffled']:.3f} shuffled (while requests wait: {result['occupancy_queued']:.3f} / "
+        f"{result['occupancy_queued_shuffled']:.3f}; the rest is the run's tail, fewer sequences than slots); "
+        f"{result['aggregate_tps']:.1f} tok/s over the whole run")
     return result
 
 

@@ -8,7 +8,8 @@ llama_sampler_init_greedy on the first model's logits (llama_sampler_sample). Wi
 file (the RAST triple) the other contexts decode the same batch and their logits rows are fetched
 (llama_get_logits_ith, which waits for their work) but not combined: the cost floor of three
 models in step, with no delta arithmetic. Returns prompt and generation tokens/s (generation: the
-B * (n_gen - 1) tokens after the first, over their wall time).
+B * (n_gen - 1) tokens after the first, over their wall time). `on_step`, if given, is called after each
+generation step (benchmarks/bench_overhead.py times the steps with it).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import llama_cpp as L
 
 def plain_loop(paths: Sequence[str | os.PathLike], prompts: Sequence[Sequence[int]], n_gen: int, *,
                n_ctx: int, n_batch: int, n_gpu_layers: int, n_threads: int | None, flash_attn: int = -1,
-               n_repeat: int = 1, devices_large: Sequence[int] | None = None) -> dict:
+               n_repeat: int = 1, devices_large: Sequence[int] | None = None, on_step=None) -> dict:
     n_seq = len(prompts)
     models, contexts = [], []
     batch = None
@@ -92,6 +93,8 @@ def plain_loop(paths: Sequence[str | os.PathLike], prompts: Sequence[Sequence[in
                         L.llama_get_logits_ith(ctx, seq)
                 tokens = {seq: L.llama_sampler_sample(samplers[seq], contexts[0], seq) for seq in range(n_seq)}
                 pos = [p + 1 for p in pos]
+                if on_step is not None:
+                    on_step()
             t2 = time.perf_counter()
             best_pp = max(best_pp, sum(len(p) for p in prompts) / (t1 - t0))
             best_tg = max(best_tg, n_seq * (n_gen - 1) / (t2 - t1))

@@ -222,16 +222,16 @@ class RastEngine:
         Raises PromptTooLongError when they do not fit in n_ctx (before decoding anything), DecodeError when
         llama_decode fails."""
         self._check_open()
-        if self.n_past + len(tokens) > self.n_ctx:
+        n = len(tokens)
+        if self.n_past + n > self.n_ctx:
             raise PromptTooLongError(
-                f"{self.n_past + len(tokens)} tokens do not fit in the context of {self.n_ctx}; "
+                f"{self.n_past + n} tokens do not fit in the context of {self.n_ctx}; "
                 "use a larger -c/--ctx-size or a shorter prompt")
-        for start in range(0, len(tokens), self.n_batch):
-            chunk = list(tokens[start:start + self.n_batch])
-            self._batch.set_tokens(chunk, self.n_past + start, logits_last=True)
+        for start in range(0, n, self.n_batch):
+            self._batch.set_tokens(tokens[start:start + self.n_batch], self.n_past + start, logits_last=True)
             self._decode_batch()
-        self.n_past += len(tokens)
-        self.n_decoded += len(tokens)
+        self.n_past += n
+        self.n_decoded += n
 
     def decode_entries(self, tokens: Sequence[int], positions: Sequence[int], seq_ids: Sequence[int],
                        logits: Sequence[bool]) -> None:
@@ -248,8 +248,9 @@ class RastEngine:
 
     def _decode_batch(self) -> None:
         if self._decoder is None:
+            batch = self._batch
             for ctx in self._contexts:
-                ctx.decode(self._batch)
+                ctx.decode(batch)
             return
         for ctx, rc in zip(self._contexts, self._decoder.decode_all(self._batch.address)):
             ctx.check_decode(rc)

@@ -136,17 +136,20 @@ class TextSteps:
     def __init__(self, model, *, stop: Sequence[str] = (), max_tokens: int, n_ctx: int, ignore_eos: bool = False):
         self.model, self.max_tokens, self.n_ctx, self.ignore_eos = model, max_tokens, n_ctx, ignore_eos
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.stops = _StopStringFilter(stop)
+        self.stops = _StopStringFilter(stop) if any(stop) else None  # None: nothing to watch for
         self.n_tokens = 0
 
     def push(self, token: int, next_pos: int) -> tuple[str, str | None]:
         """The text this token adds and the finish reason (None: go on, decoding it at next_pos)."""
         self.n_tokens += 1
-        if self.model.is_eog(token) and not self.ignore_eos:
+        model = self.model
+        if not self.ignore_eos and model.is_eog(token):
             return self._flush(), "stop"
-        text, hit_stop = self.stops.push(self.decoder.decode(self.model.token_bytes(token)))
-        if hit_stop:
-            return text, "stop"
+        text = self.decoder.decode(model.token_bytes(token))
+        if self.stops is not None:
+            text, hit_stop = self.stops.push(text)
+            if hit_stop:
+                return text, "stop"
         if self.n_tokens >= self.max_tokens:
             return text + self._flush(), "length"
         if next_pos >= self.n_ctx:
@@ -154,7 +157,7 @@ class TextSteps:
         return text, None
 
     def _flush(self) -> str:
-        return self.stops.flush() + self.decoder.decode(b"", final=True)
+        return (self.stops.flush() if self.stops is not None else "") + self.decoder.decode(b"", final=True)
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

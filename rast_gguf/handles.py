@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rast_gguf._llama import C, addr, take_last_problem
+from rast_gguf import _ext  # noqa: E402  (after libllama, which rast_gguf._llama loads)
 from rast_gguf.errors import ClosedError, DecodeError, ModelLoadError, PromptTooLongError
 from rast_gguf.gguf_file import GGUFInfo, read_gguf_info
 
@@ -90,6 +91,8 @@ class Model(Handle):
             raise ModelLoadError(f"{self.path}: llama.cpp could not load the model ({why}); "
                                  "check that this llama.cpp build supports its architecture and type")
         self._handle = handle
+        self._pieces: dict[int, bytes] = {}
+        self._eog: dict[int, bool] = {}
         self._vocab_handle = C.llama_model_get_vocab(handle)
         self.n_vocab: int = C.llama_vocab_n_tokens(self._vocab_handle)
         self.n_ctx_train: int = C.llama_model_n_ctx_train(handle)
@@ -116,18 +119,29 @@ class Model(Handle):
         return list(buf[:n])
 
     def token_bytes(self, token: int, *, special: bool = False) -> bytes:
-        buf = ctypes.create_string_buffer(64)
-        n = C.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
-        if n < 0:
-            buf = ctypes.create_string_buffer(-n)
+        """The token's text as bytes (special tokens rendered only with special=True); looked up in
+        llama.cpp once per id, then cached (every generated token asks)."""
+        piece = None if special or self._handle is None else self._pieces.get(token)
+        if piece is None:
+            buf = ctypes.create_string_buffer(64)
             n = C.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
-        return buf.raw[:n]
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = C.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+            piece = buf.raw[:n]
+            if not special:
+                self._pieces[token] = piece
+        return piece
 
     def token_text(self, token: int) -> str:
         return C.llama_vocab_get_text(self.vocab, token).decode("utf-8", errors="replace")
 
     def is_eog(self, token: int) -> bool:
-        return bool(C.llama_vocab_is_eog(self.vocab, token))
+        """Whether the token ends generation (cached per id, as token_bytes)."""
+        eog = None if self._handle is None else self._eog.get(token)
+        if eog is None:
+            eog = self._eog[token] = bool(C.llama_vocab_is_eog(self.vocab, token))
+        return eog
 
 
 class Context(Handle):
@@ -168,7 +182,9 @@ class Context(Handle):
         return self._memory_handle
 
     def decode(self, batch: "Batch") -> None:
-        self.check_decode(C.llama_decode(self._live(), batch.struct))
+        rc = C.llama_decode(self._live(), batch.struct)
+        if rc:
+            self.check_decode(rc)
 
     def check_decode(self, rc: int) -> None:
         """Turn llama_decode's return code for this context into an exception (0: nothing)."""
@@ -211,7 +227,9 @@ class Batch(Handle):
 
     def __init__(self, n_tokens_max: int):
         self.n_tokens_max = n_tokens_max
-        self._handle = C.llama_batch_init(n_tokens_max, 0, 1)
+        self._handle = b = C.llama_batch_init(n_tokens_max, 0, 1)
+        # the arrays' pointers, read once (each ctypes field read makes a new pointer object)
+        self._arrays = (b.token, b.pos, b.n_seq_id, b.seq_id, b.logits)
 
     def _free(self, handle) -> None:
         C.llama_batch_free(handle)
@@ -228,19 +246,18 @@ class Batch(Handle):
         n = len(tokens)
         if n > self.n_tokens_max:
             raise ValueError(f"batch holds {self.n_tokens_max} tokens, got {n}")
-        b = self._live()
-        b.n_tokens = n
+        self._live().n_tokens = n
+        token_a, pos_a, n_seq_id_a, seq_id_a, logits_a = self._arrays
         for i, token in enumerate(tokens):
-            b.token[i] = token
-            b.pos[i] = pos0 + i
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = seq_id
-            b.logits[i] = False
+            token_a[i] = token
+            pos_a[i] = pos0 + i
+            n_seq_id_a[i] = 1
+            seq_id_a[i][0] = seq_id
+            logits_a[i] = False
         if n and logits_last:
-            b.logits[n - 1] = True
+            logits_a[n - 1] = True
 
-    def set_entries(self, tokens: list[int], positions: list[int], seq_ids: list[int], logits: list[bool]) -> None:
+    def set_entries(self, tokens: Sequence[int], positions: Sequence[int], seq_ids: Sequence[int],
+                    logits: Sequence[bool]) -> None:
         """Tokens of several sequences in one batch; entry i is (tokens[i], positions[i], seq_ids[i])."""
-        from rast_gguf import _ext  # after libllama (this module is imported by rast_gguf._llama's users)
-
-        _ext.fill_batch(self.address, self.n_tokens_max, tokens, positions, seq_ids, logits)
+        _ext.fill_batch(ctypes.addressof(self._live()), self.n_tokens_max, tokens, positions, seq_ids, logits)

@@ -24,6 +24,7 @@ import itertools
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from rast_gguf.engine import RastEngine
 from rast_gguf.errors import PromptTooLongError, QueueFullError, RastError, UsageError
@@ -44,8 +45,9 @@ class SeqRequest:
     ignore_eos: bool = False
 
 
-@dataclass(frozen=True)
-class TokenEvent:
+class TokenEvent(NamedTuple):
+    """One token of one sequence (or, with token -1, only its end); immutable, cheap to make."""
+
     index: int                     # position of the request in its submit() group
     token: int                     # -1 on a final event that only carries a finish reason
     text: str                      # text this token adds (stop strings cut, their prefixes held back)
@@ -67,10 +69,18 @@ class SchedulerStats:
     busy_slot_steps: int = 0           # over the steps: slots holding a sequence (prefilling or generating)
     total_slot_steps: int = 0          # steps * n_slots
     changed_tokens: int = 0            # generated tokens where RAST's choice differs from the large argmax
+    queued_steps: int = 0              # steps that began with requests waiting for a slot
+    queued_busy_slot_steps: int = 0    # busy slots over those steps
 
     @property
     def occupancy(self) -> float:
         return self.busy_slot_steps / self.total_slot_steps if self.total_slot_steps else 0.0
+
+    @property
+    def occupancy_queued(self) -> float:
+        """Occupancy over the steps that began with requests waiting (the steady state: without the tail
+        of a run, where fewer sequences than slots remain)."""
+        return self.queued_busy_slot_steps / (self.queued_steps * self.n_slots) if self.queued_steps else 1.0
 
 
 class Ticket:
@@ -121,27 +131,6 @@ class _Slot:
         return bool(self.todo)
 
 
-class _VocabCache:
-    """The large model's token bytes and end-of-generation flags, looked up once per id (TextSteps' model)."""
-
-    def __init__(self, model):
-        self._model = model
-        self._bytes: dict[int, bytes] = {}
-        self._eog: dict[int, bool] = {}
-
-    def token_bytes(self, token: int) -> bytes:
-        piece = self._bytes.get(token)
-        if piece is None:
-            piece = self._bytes[token] = self._model.token_bytes(token)
-        return piece
-
-    def is_eog(self, token: int) -> bool:
-        eog = self._eog.get(token)
-        if eog is None:
-            eog = self._eog[token] = self._model.is_eog(token)
-        return eog
-
-
 # A cached prefix is copied from another slot (a whole KV stream) only when it saves this many tokens.
 MIN_COPY_GAIN = 8
 
@@ -165,8 +154,7 @@ class Scheduler:
         self._step_no = 0
         self._stats = SchedulerStats(n_slots=len(self._slots))
         self._callback_error: BaseException | None = None
-        self._decoded: list[tuple[_Slot, list[int]]] = []
-        self._model = _VocabCache(engine.model_large)
+        self._model = engine.model_large  # token texts and end-of-generation flags (cached per id)
         for ctx in engine.contexts:  # the scheduler's slots own every sequence from here on
             ctx.remove_from(0, seq_id=-1)
         engine.n_past = 0
@@ -253,25 +241,33 @@ class Scheduler:
     def step(self) -> bool:
         """Admit, decode one batch in every context, sample, emit events. False when idle."""
         self._callback_error = None
-        self._take_incoming()
-        self._admit()
-        entries, rows = self._build_batch()
-        if not entries:
+        if self._incoming or self._cancelled:  # a racy peek is fine: what it misses, the next step sees
+            self._take_incoming()
+        queued = bool(self._waiting)
+        if queued:
+            self._admit()
+        batch, rows, prefilled, n_busy = self._build_batch()
+        if not batch[0]:
             self._raise_callback_error()
             return False
         self._step_no += 1
         st = self._stats
         st.steps += 1
         st.total_slot_steps += len(self._slots)
-        st.busy_slot_steps += sum(slot.busy for slot in self._slots)
-        tokens, positions, seq_ids, logits = zip(*entries)
+        st.busy_slot_steps += n_busy
+        if queued:
+            st.queued_steps += 1
+            st.queued_busy_slot_steps += n_busy
         try:
-            self.engine.decode_entries(tokens, positions, seq_ids, logits)
+            self.engine.decode_entries(*batch)
         except RastError as e:
             self._fail_all("context" if isinstance(e, PromptTooLongError) else "error")
             self._raise_callback_error()
             return True
-        for slot, chunk in self._decoded:
+        except Exception:
+            self._fail_all("error")  # the slots' caches already hold this batch's tokens
+            raise
+        for slot, chunk in prefilled:
             slot.cache.extend(chunk)
         try:
             self._sample(rows)
@@ -282,8 +278,6 @@ class Scheduler:
         return True
 
     def _take_incoming(self) -> None:
-        if not self._incoming and not self._cancelled:  # a racy peek is fine: what it misses, the next step sees
-            return
         with self._lock:
             groups, self._incoming = list(self._incoming), collections.deque()
             cancelled, self._cancelled = self._cancelled, []
@@ -351,61 +345,67 @@ class Scheduler:
             del slot.cache[keep:]
             slot.todo = list(prompt[keep:])
 
-    def _build_batch(self) -> tuple[list[tuple[int, int, int, bool]], list[tuple[int, _Slot]]]:
-        """Entries (token, pos, seq_id, logits) and the rows to sample (batch index, slot)."""
-        entries, rows = [], []
-        self._decoded = []
+    def _build_batch(self):
+        """((tokens, positions, seq_ids, logits) of the batch, rows to sample as (batch index, slot),
+        (slot, prompt chunk) pairs decoded, slots busy this step). A generating slot's token goes
+        into its cache here: the decode either succeeds or forgets every slot's cache."""
+        tokens, positions, seq_ids, logits = batch = ([], [], [], [])
+        rows, prefilled = [], []
+        n_busy = 0
         for slot in self._slots:
-            if slot.next_token is not None:
-                rows.append((len(entries), slot))
-                entries.append((slot.next_token, len(slot.cache), slot.seq_id, True))
-                self._decoded.append((slot, [slot.next_token]))
-        budget = self.engine.n_batch - len(entries)
+            token = slot.next_token
+            if token is not None:
+                cache = slot.cache
+                rows.append((len(tokens), slot))
+                tokens.append(token)
+                positions.append(len(cache))
+                seq_ids.append(slot.seq_id)
+                logits.append(True)
+                cache.append(token)
+                n_busy += 1
+            elif slot.seq is not None or slot.todo or slot.followers:
+                n_busy += 1
+        budget = self.engine.n_batch - len(tokens)
         for slot in sorted((s for s in self._slots if s.todo), key=lambda s: s.last_used):
             if budget <= 0:
                 break
             chunk, slot.todo = slot.todo[:budget], slot.todo[budget:]
-            pos0 = len(slot.cache)
-            entries.extend((token, pos0 + i, slot.seq_id, False) for i, token in enumerate(chunk))
+            n, pos0 = len(chunk), len(slot.cache)
+            tokens.extend(chunk)
+            positions.extend(range(pos0, pos0 + n))
+            seq_ids.extend([slot.seq_id] * n)
+            logits.extend([False] * n)
             if not slot.todo:  # the prompt's last token: its logits start every sequence that shares it
-                entries[-1] = entries[-1][:3] + (True,)
-                rows.append((len(entries) - 1, slot))
-            self._decoded.append((slot, chunk))
-            self._stats.prompt_tokens_decoded += len(chunk)
-            budget -= len(chunk)
-        return entries, rows
+                logits[-1] = True
+                rows.append((len(tokens) - 1, slot))
+            prefilled.append((slot, chunk))
+            self._stats.prompt_tokens_decoded += n
+            budget -= n
+        return batch, rows, prefilled, n_busy
 
     def _sample(self, rows: list[tuple[int, _Slot]]) -> None:
         todo: list[tuple[int, _Slot]] = []
         for row, slot in rows:
-            for follower in slot.followers:  # the shared prompt is in: its KV goes to every slot waiting for it
-                for ctx in self.engine.contexts:
-                    ctx.copy_sequence(slot.seq_id, follower.seq_id)
-                follower.cache = list(slot.cache)
-                follower.leader = None
-                todo.append((row, follower))
-            slot.followers = []
+            if slot.followers:  # the shared prompt is in: its KV goes to every slot waiting for it
+                for follower in slot.followers:
+                    for ctx in self.engine.contexts:
+                        ctx.copy_sequence(slot.seq_id, follower.seq_id)
+                    follower.cache = list(slot.cache)
+                    follower.leader = None
+                    todo.append((row, follower))
+                slot.followers = []
             if slot.seq is not None:
                 todo.append((row, slot))
         if not todo:
             return
-        k_max = 0
-        for _, slot in todo:
-            k_max = max(k_max, slot.seq.request.n_logprobs or 0)
-        tokens, changed, logprob, top_ids, top_lp = self.sampler.sample(
-            [row for row, _ in todo], [slot.seq.handle for _, slot in todo], k_max)
-        changed = changed.tolist()
-        self._stats.tokens_generated += len(todo)
-        self._stats.changed_tokens += sum(changed)
-        for i, (token, was_changed) in enumerate(zip(tokens.tolist(), changed)):
-            slot = todo[i][1]
+        tokens, changed, logprobs, tops = self.sampler.sample_rows([row for row, _ in todo],
+                                                                   [slot.seq.handle for _, slot in todo])
+        st = self._stats
+        st.tokens_generated += len(todo)
+        st.changed_tokens += sum(changed)
+        for (_, slot), token, was_changed, lp, top in zip(todo, tokens, changed, logprobs, tops):
             seq = slot.seq
             text, finish = seq.steps.push(token, len(slot.cache))
-            lp = top = None
-            if seq.request.n_logprobs is not None:
-                lp = float(logprob[i])
-                if seq.request.n_logprobs > 0:
-                    top = tuple((t, v) for t, v in zip(top_ids[i].tolist(), top_lp[i].tolist()) if t >= 0)
             if finish:
                 self._release(slot)
                 self._finish(seq, token, text, finish, lp, top, was_changed)

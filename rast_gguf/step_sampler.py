@@ -7,8 +7,10 @@ decode, rows spread over a small thread pool, greedy rows by a direct argmax of
 z_large + sum alpha * (z_tuned - z_base). It returns numpy arrays: tokens, changed (RAST's choice
 differs from the large model's own argmax), logprob (of the token under the distribution it was
 drawn from, after truncation and temperature; NaN where not asked) and the top k_max ids and
-log-probabilities of that distribution (-1 / NaN padded). `ChainStepSampler` does the same one row
-at a time through `SamplerChain` (the reference the C++ path is tested against).
+log-probabilities of that distribution (-1 / NaN padded). `sample_rows(rows, handles)` is the
+same as plain lists, each row's logprobs as its request asked (what the scheduler calls every
+step). `ChainStepSampler` does the same one row at a time through `SamplerChain` (the reference
+the C++ path is tested against).
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ class StepSampler:
 
     def sample(self, rows: Sequence[int], handles: Sequence[int], k_max: int = 0):
         return self._c.sample(rows, handles, k_max)
+
+    def sample_rows(self, rows: Sequence[int], handles: Sequence[int]):
+        """The scheduler's call: lists (tokens, changed, logprob or None, top tuple of (id, logprob) or None),
+        each row's logprobs as its request asked."""
+        return self._c.sample_rows(rows, handles)
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
@@ -89,3 +96,11 @@ class ChainStepSampler:
                 top_ids[i, :len(ids)] = ids
                 top_lp[i, :len(ids)] = lp[ids]
         return tokens, changed, logprob, top_ids, top_lp
+
+    def sample_rows(self, rows: Sequence[int], handles: Sequence):
+        k_max = max((k or 0 for _, k in handles), default=0)
+        tokens, changed, logprob, top_ids, top_lp = self.sample(rows, handles, k_max)
+        lps = [None if k is None else float(logprob[i]) for i, (_, k) in enumerate(handles)]
+        tops = [tuple((t, v) for t, v in zip(top_ids[i].tolist(), top_lp[i].tolist()) if t >= 0) if k else None
+                for i, (_, k) in enumerate(handles)]
+        return tokens.tolist(), changed.tolist(), lps, tops

@@ -155,6 +155,8 @@ def test_a_finished_slot_takes_the_next_request_in_the_next_step(triple, pairs):
     assert first[0] == first[1] == 1 and last[0] == 2 and last[1] == 9
     assert first[2] == last[0] + 1 and first[3] == last[2] + 1  # no step with an idle slot while one waits
     assert stats.steps == 9 and stats.busy_slot_steps == 18 == stats.total_slot_steps
+    # requests waited at the start of steps 1-6 (the last one admitted at step 6), both slots busy in each
+    assert stats.queued_steps == 6 and stats.queued_busy_slot_steps == 12 and stats.occupancy_queued == 1.0
 
 
 def test_cancel_ends_a_group_and_frees_its_slots(triple, pairs, alone):

@@ -199,3 +199,69 @@ def test_many_rows_spread_over_the_pool_match_numpy(stepped):
         a = alphas[i % len(alphas)]
         want = log_softmax(combined(logits, i % len(rows), [a, a], engine.n_shared, excluded))
         assert tokens[i] == np.argmax(want) and logprob[i] == pytest.approx(want.max(), abs=1e-4)
+
+
+def test_the_blockwise_greedy_argmax_is_numpys_first_argmax():
+    """rast_greedy_argmax (greedy rows of StepSampler and SamplerChain) against numpy over several
+    blocks of 512 ids: ties inside and across blocks (the first id wins), excluded ids (even the
+    largest), -inf and NaN logits, one and two pairs."""
+    rng = np.random.default_rng(5)
+    for trial in range(60):
+        n_vocab = int(rng.integers(1, 2200))
+        n_shared = int(rng.integers(1, n_vocab + 1))
+        n_pairs = 1 + trial % 2
+        rows = [rng.integers(-4, 5, n_vocab).astype(np.float32) / 4 for _ in range(1 + 2 * n_pairs)]  # many ties
+        if trial % 3 == 0:
+            rows[0][rng.integers(0, n_vocab, 5)] = -np.inf
+            rows[1][rng.integers(0, n_vocab, 3)] = np.nan
+        alphas = [float(a) for a in rng.choice([-1.0, 0.0, 0.5, 2.0], n_pairs)]
+        excluded = sorted(set(rng.integers(0, n_shared, int(rng.integers(0, 8))).tolist()))
+        delta = np.zeros(n_vocab, np.float32)
+        for k, a in enumerate(alphas):
+            delta += np.float32(a) * (rows[1 + 2 * k] - rows[2 + 2 * k])
+        z = (rows[0] + delta if n_pairs > 1 else rows[0] + np.float32(alphas[0]) * (rows[1] - rows[2]))[:n_shared]
+        if trial % 4 == 1 and n_shared > 1:  # an excluded id holds the largest value
+            top = int(np.nanargmax(np.where(np.isnan(z), -np.inf, z)))
+            excluded = sorted(set(excluded) | {top})
+        allowed = np.ones(n_shared, bool)
+        allowed[excluded] = False
+
+        def first_argmax(v):  # -1: no allowed id above -inf
+            v = np.where(allowed & ~np.isnan(v), v, -np.inf)
+            return -1 if v.max() == -np.inf else int(np.argmax(v))
+
+        token, large_top = _ext._greedy_argmax_check(rows[0], rows[1:], alphas, n_shared, excluded)
+        assert token == first_argmax(z), trial
+        assert large_top == first_argmax(rows[0][:n_shared]), trial
+
+
+def test_greedy_chain_and_sample_rows_match_numpy(stepped):
+    """The single-sequence chain's greedy fast path and the scheduler's sample_rows: numpy's argmax of
+    the combined logits, each row's logprobs only as its request asked."""
+    engine, rows, logits, excluded = stepped
+    chain = engine.sampler(SamplingParams(temp=0))
+    try:
+        for i, row in enumerate(rows):
+            assert chain.sample(row) == np.argmax(combined(logits, i, [0.5, 1.0], engine.n_shared, excluded))
+    finally:
+        chain.close()
+    sampler = StepSampler(engine)
+    asked = [None, 0, 3, None]
+    handles = [sampler.open(request(alpha=2.0, n_logprobs=k)) for k in asked]
+    tokens, changed, logprob, top = sampler.sample_rows(rows, handles)
+    for i, k in enumerate(asked):
+        want = log_softmax(combined(logits, i, [2.0, 2.0], engine.n_shared, excluded))
+        order = np.argsort(-want, kind="stable")
+        assert tokens[i] == order[0] and isinstance(tokens[i], int)
+        assert changed[i] == (tokens[i] != large_top(logits, i, engine.n_shared, excluded))
+        if k is None:
+            assert logprob[i] is None and top[i] is None
+            continue
+        assert logprob[i] == pytest.approx(want[order[0]], abs=1e-4)
+        if k == 0:
+            assert top[i] is None
+        else:
+            assert [t for t, _ in top[i]] == list(order[:k])
+            np.testing.assert_allclose([v for _, v in top[i]], want[order[:k]], atol=1e-4)
+    for h in handles:
+        sampler.close(h)
