@@ -213,8 +213,7 @@ void rast_vocab_mark_unused(const llama_vocab * vocab, int32_t n, std::vector<ui
     }
 }
 
-// The largest of z[0..m) that is not NaN (-inf if none), as the loop `if (z[j] > m) m = z[j]` finds it.
-static float rast_block_max(const float * z, int32_t m) {
+float rast_block_max(const float * z, int32_t m) {
     float best = -INFINITY;
     int32_t j = 0;
 #if defined(__SSE2__)

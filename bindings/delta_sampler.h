@@ -55,6 +55,9 @@ struct rast_greedy_choice {
 rast_greedy_choice rast_greedy_argmax(const float * large, const float * const * pair_logits, const float * alphas,
                                       size_t n_pairs, int32_t n_shared, const std::vector<int32_t> & excluded_ids);
 
+// The largest of z[0..m) that is not NaN (-inf if none), as `if (z[j] > best) best = z[j]` finds it (SSE2 where there is).
+float rast_block_max(const float * z, int32_t m);
+
 // The ids marked 1 in excluded, ascending.
 std::vector<int32_t> rast_excluded_ids(const std::vector<uint8_t> & excluded);
 

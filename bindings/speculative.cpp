@@ -7,10 +7,6 @@
 #include <stdexcept>
 #include <string>
 
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
-
 using rast_clock = std::chrono::steady_clock;
 
 static double seconds_since(rast_clock::time_point t0) {
@@ -123,27 +119,9 @@ static void masked_copy(const float * src, const uint32_t * mask, float * dst, i
     }
 }
 
-// Largest value of z[0..n) (-inf when n == 0).
-static float block_max(const float * z, int32_t n) {
-    int32_t i = 0;
-    float m = -INFINITY;
-#if defined(__SSE2__)
-    __m128 a = _mm_set1_ps(-INFINITY), b = a;
-    for (; i + 8 <= n; i += 8) {  // max(x, acc) keeps acc when x is NaN, as the scalar loop does
-        a = _mm_max_ps(_mm_loadu_ps(z + i), a);
-        b = _mm_max_ps(_mm_loadu_ps(z + i + 4), b);
-    }
-    float lanes[4];
-    _mm_storeu_ps(lanes, _mm_max_ps(a, b));
-    for (float v : lanes) m = v > m ? v : m;
-#endif
-    for (; i < n; ++i) m = z[i] > m ? z[i] : m;
-    return m;
-}
-
 // Folds block [start, start + n) of a row into the running first argmax (best, *best_v).
 static void argmax_step(const float * zb, int32_t start, int32_t n, int32_t * best, float * best_v) {
-    const float m = block_max(zb, n);
+    const float m = rast_block_max(zb, n);
     if (*best >= 0 && !(m > *best_v)) return;
     int32_t j = 0;
     while (j + 1 < n && !(zb[j] == m)) ++j;
