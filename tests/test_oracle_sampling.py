@@ -5,11 +5,13 @@ temperatures other than 1 over many steps, and top-k / top-p / min-p truncation 
 
 import llama_cpp  # noqa: F401
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from conftest import make_triple
-from oracle import AloneModel, combine, log_softmax, unused_ids
+from oracle import N_GPU_LAYERS, AloneModel, combine, log_softmax, unused_ids
 from rast_gguf import DeltaPair, RastEngine, SamplingParams
 
 PROMPT = "Question: what is 12 + 35?\nAnswer: Let's think step by step."
@@ -25,7 +27,8 @@ def second_pair(tmp_path_factory):
 def run_engine(large, pairs, sampling, n_steps=N_STEPS, chain_alphas=None):
     """(prompt tokens, sampled tokens, recorded final logits per step, n_shared); chain_alphas are
     set on the sampler chain itself, pair by pair, before the first step."""
-    with RastEngine(large, pairs, n_ctx=256, n_threads=2, flash_attn="off") as engine:
+    pairs = [dataclasses.replace(p, n_gpu_layers=N_GPU_LAYERS) for p in pairs]  # placed as the oracle's models
+    with RastEngine(large, pairs, n_ctx=256, n_threads=2, flash_attn="off", n_gpu_layers=N_GPU_LAYERS) as engine:
         prompt = engine.tokenize(PROMPT)
         engine.feed(prompt)
         sampler = engine.sampler(sampling)
