@@ -114,15 +114,19 @@ class _StopStringFilter:
         if found:  # the earliest stop, whichever of them it is
             out, self.pending = self.pending[:min(found)], ""
             return out, True
+        out = self.pending[:len(self.pending) - self._held_back()]
+        self.pending = self.pending[len(out):]
+        return out, False
+
+    def _held_back(self) -> int:
+        """How many trailing characters of `pending` could start a stop string."""
         hold = 0
         for stop in self.stops:
             for k in range(min(len(stop) - 1, len(self.pending)), 0, -1):
                 if self.pending.endswith(stop[:k]):
                     hold = max(hold, k)
                     break
-        out = self.pending[:len(self.pending) - hold]
-        self.pending = self.pending[len(out):]
-        return out, False
+        return hold
 
     def flush(self) -> str:
         out, self.pending = self.pending, ""
