@@ -8,46 +8,26 @@ offload is possible, and which libstdc++ copy C++ symbols resolve to (rast_gguf/
 
 from __future__ import annotations
 
-import ctypes
 import importlib.metadata
 import os
 import sys
 from pathlib import Path
 
-from rast_gguf import _llama, _preload
+from rast_gguf import _preload
 from rast_gguf._llama import C
 
-_DEVICE_TYPES = {0: "CPU", 1: "GPU", 2: "integrated GPU", 3: "accelerator"}
-
-
-def _libggml() -> ctypes.CDLL | None:
-    try:
-        return _llama.libggml()
-    except OSError:
-        return None
-
-
 def backend_devices() -> list[dict]:
-    lib = _libggml()
-    if lib is None or not hasattr(lib, "ggml_backend_dev_count"):
-        return []
-    lib.ggml_backend_dev_count.restype = ctypes.c_size_t
-    lib.ggml_backend_dev_get.restype = ctypes.c_void_p
-    lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
-    for fn in (lib.ggml_backend_dev_name, lib.ggml_backend_dev_description):
-        fn.restype, fn.argtypes = ctypes.c_char_p, [ctypes.c_void_p]
-    lib.ggml_backend_dev_type.restype, lib.ggml_backend_dev_type.argtypes = ctypes.c_int, [ctypes.c_void_p]
-    lib.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t),
-                                            ctypes.POINTER(ctypes.c_size_t)]
+    from rast_gguf.rpc import DEVICE_TYPES, ggml
+
+    g = ggml()
     devices = []
-    for i in range(lib.ggml_backend_dev_count()):
-        dev = lib.ggml_backend_dev_get(i)
-        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-        lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
-        devices.append({"name": lib.ggml_backend_dev_name(dev).decode(),
-                        "description": lib.ggml_backend_dev_description(dev).decode(),
-                        "type": _DEVICE_TYPES.get(lib.ggml_backend_dev_type(dev), "?"),
-                        "free_bytes": free.value, "total_bytes": total.value})
+    for i in range(g.ggml_backend_dev_count()):
+        dev = g.ggml_backend_dev_get(i)
+        free, total = g.memory(dev)
+        devices.append({"name": g.ggml_backend_dev_name(dev).decode(),
+                        "description": g.ggml_backend_dev_description(dev).decode(),
+                        "type": DEVICE_TYPES.get(g.ggml_backend_dev_type(dev), "?"),
+                        "free_bytes": free, "total_bytes": total})
     return devices
 
 

@@ -38,7 +38,7 @@ _HELLO_RESPONSE = 4 + _HELLO_CAPS  # major, minor, patch, padding, capabilities
 CONNECT_TIMEOUT_S = 5.0
 DEFAULT_TIMEOUT_S = 300.0          # longest silence from a server mid-run (RAST_RPC_TIMEOUT overrides)
 DEFAULT_PORT = 50052
-_DEVICE_TYPES = {0: "CPU", 1: "GPU", 2: "integrated GPU", 3: "accelerator"}
+DEVICE_TYPES = {0: "CPU", 1: "GPU", 2: "integrated GPU", 3: "accelerator"}
 
 
 @dataclass(frozen=True)
@@ -396,7 +396,7 @@ def server_devices(names: Sequence[str] = ()) -> list[int]:
 def describe_device(dev: int) -> str:
     g = ggml()
     free, total = g.memory(dev)
-    kind = _DEVICE_TYPES.get(g.ggml_backend_dev_type(dev), "?")
+    kind = DEVICE_TYPES.get(g.ggml_backend_dev_type(dev), "?")
     return (f"{g.ggml_backend_dev_name(dev).decode()} ({kind}): {g.ggml_backend_dev_description(dev).decode()}, "
             f"{free / 2**30:.1f} of {total / 2**30:.1f} GiB free")
 
