@@ -239,48 +239,97 @@ std::vector<int32_t> rast_excluded_ids(const std::vector<uint8_t> & excluded) {
     return ids;
 }
 
+namespace {
+
+constexpr int32_t COMBINE_BLOCK = 512;
+
+// z[0..m) = large + sum_k alpha_k * (tuned_k - base_k) for ids i0..i0+m (the delta sampler's float
+// operations), -inf at excluded ids; returns the large row of the block with excluded ids at -inf
+// (zl when some id of the block is excluded, else large + i0). next_excluded walks excluded_ids.
+const float * combine_block(const float * large, const float * const * pair_logits, const float * alphas,
+                            size_t n_pairs, int32_t i0, int32_t m, const std::vector<int32_t> & excluded_ids,
+                            size_t & next_excluded, float * z, float * zl) {
+    const float * l = large + i0;
+    if (n_pairs == 1) {
+        const float a = alphas[0];
+        const float * t = pair_logits[0] + i0;
+        const float * b = pair_logits[1] + i0;
+        for (int32_t j = 0; j < m; ++j) z[j] = l[j] + a * (t[j] - b[j]);
+    } else {
+        for (int32_t j = 0; j < m; ++j) z[j] = 0.0f;
+        for (size_t k = 0; k < n_pairs; ++k) {
+            const float a = alphas[k];
+            const float * t = pair_logits[2 * k] + i0;
+            const float * b = pair_logits[2 * k + 1] + i0;
+            for (int32_t j = 0; j < m; ++j) z[j] += a * (t[j] - b[j]);
+        }
+        for (int32_t j = 0; j < m; ++j) z[j] = l[j] + z[j];
+    }
+    if (next_excluded < excluded_ids.size() && excluded_ids[next_excluded] < i0 + m) {
+        std::memcpy(zl, l, m * sizeof(float));
+        for (; next_excluded < excluded_ids.size() && excluded_ids[next_excluded] < i0 + m; ++next_excluded) {
+            z[excluded_ids[next_excluded] - i0] = zl[excluded_ids[next_excluded] - i0] = -INFINITY;
+        }
+        l = zl;
+    }
+    return l;
+}
+
+// the first maximal id of the block beats (strictly) the best so far: an earlier id keeps a tie
+void first_max_step(const float * z, int32_t i0, int32_t m, float * best, int32_t * id) {
+    const float block_best = rast_block_max(z, m);
+    if (block_best > *best) {
+        *best = block_best;
+        *id = i0 + (int32_t) (std::find(z, z + m, block_best) - z);
+    }
+}
+
+}  // namespace
+
 rast_greedy_choice rast_greedy_argmax(const float * large, const float * const * pair_logits, const float * alphas,
                                       size_t n_pairs, int32_t n_shared, const std::vector<int32_t> & excluded_ids) {
-    constexpr int32_t BLOCK = 512;
-    float z[BLOCK], zl[BLOCK];
+    float z[COMBINE_BLOCK], zl[COMBINE_BLOCK];
     rast_greedy_choice out = {-1, -INFINITY, -1};
     float large_best = -INFINITY;
     size_t next_excluded = 0;
-    for (int32_t i0 = 0; i0 < n_shared; i0 += BLOCK) {
-        const int32_t m = std::min(BLOCK, n_shared - i0);
-        const float * l = large + i0;
-        if (n_pairs == 1) {
-            const float a = alphas[0];
-            const float * t = pair_logits[0] + i0;
-            const float * b = pair_logits[1] + i0;
-            for (int32_t j = 0; j < m; ++j) z[j] = l[j] + a * (t[j] - b[j]);
-        } else {
-            for (int32_t j = 0; j < m; ++j) z[j] = 0.0f;
-            for (size_t k = 0; k < n_pairs; ++k) {
-                const float a = alphas[k];
-                const float * t = pair_logits[2 * k] + i0;
-                const float * b = pair_logits[2 * k + 1] + i0;
-                for (int32_t j = 0; j < m; ++j) z[j] += a * (t[j] - b[j]);
-            }
-            for (int32_t j = 0; j < m; ++j) z[j] = l[j] + z[j];
-        }
-        if (next_excluded < excluded_ids.size() && excluded_ids[next_excluded] < i0 + m) {
-            std::memcpy(zl, l, m * sizeof(float));
-            for (; next_excluded < excluded_ids.size() && excluded_ids[next_excluded] < i0 + m; ++next_excluded) {
-                z[excluded_ids[next_excluded] - i0] = zl[excluded_ids[next_excluded] - i0] = -INFINITY;
-            }
-            l = zl;
-        }
-        const float block_best = rast_block_max(z, m);
-        if (block_best > out.best) {  // strictly: an earlier id keeps a tie
-            out.best = block_best;
-            out.token = i0 + (int32_t) (std::find(z, z + m, block_best) - z);
-        }
-        const float block_large = rast_block_max(l, m);
-        if (block_large > large_best) {
-            large_best = block_large;
-            out.large_top = i0 + (int32_t) (std::find(l, l + m, block_large) - l);
-        }
+    for (int32_t i0 = 0; i0 < n_shared; i0 += COMBINE_BLOCK) {
+        const int32_t m = std::min(COMBINE_BLOCK, n_shared - i0);
+        const float * l = combine_block(large, pair_logits, alphas, n_pairs, i0, m, excluded_ids, next_excluded, z, zl);
+        first_max_step(z, i0, m, &out.best, &out.token);
+        first_max_step(l, i0, m, &large_best, &out.large_top);
     }
     return out;
+}
+
+int32_t rast_top_k_combined(const float * large, const float * const * pair_logits, const float * alphas,
+                            size_t n_pairs, int32_t n_shared, const std::vector<int32_t> & excluded_ids, int32_t k,
+                            std::vector<llama_token_data> & out) {
+    float z[COMBINE_BLOCK], zl[COMBINE_BLOCK];
+    const size_t keep = (size_t) std::max(k, 1), cap = std::max<size_t>(4 * keep, 256);
+    auto by_logit = [](const llama_token_data & a, const llama_token_data & b) { return a.logit > b.logit; };
+    auto trim = [&]() {  // the keep largest stay; the smallest of them is the bar a new id must reach
+        std::nth_element(out.begin(), out.begin() + (keep - 1), out.end(), by_logit);
+        out.resize(keep);
+        return out[keep - 1].logit;
+    };
+    out.clear();
+    out.reserve(cap);
+    float bar = -INFINITY;  // every id below it is out: `keep` ids at or above it are held
+    float large_best = -INFINITY;
+    int32_t large_top = -1;
+    size_t next_excluded = 0;
+    for (int32_t i0 = 0; i0 < n_shared; i0 += COMBINE_BLOCK) {
+        const int32_t m = std::min(COMBINE_BLOCK, n_shared - i0);
+        const float * l = combine_block(large, pair_logits, alphas, n_pairs, i0, m, excluded_ids, next_excluded, z, zl);
+        first_max_step(l, i0, m, &large_best, &large_top);
+        if (rast_block_max(z, m) < bar) continue;  // nothing in this block reaches the bar
+        for (int32_t j = 0; j < m; ++j) {
+            if (z[j] >= bar) {
+                out.push_back({i0 + j, z[j], 0.0f});
+                if (out.size() == cap) bar = trim();
+            }
+        }
+    }
+    if (out.size() > keep) trim();
+    return large_top;
 }

@@ -55,6 +55,14 @@ struct rast_greedy_choice {
 rast_greedy_choice rast_greedy_argmax(const float * large, const float * const * pair_logits, const float * alphas,
                                       size_t n_pairs, int32_t n_shared, const std::vector<int32_t> & excluded_ids);
 
+// The k largest z (as above) over the ids < n_shared not in excluded_ids, as {id, z, 0} in `out`,
+// unordered (at a tie on the k-th value, any of the tied ids: as llama.cpp's top-k, whose partial
+// sort is not stable), without a candidate array of the whole vocabulary; returns the large
+// model's own first argmax. llama.cpp's top-k link then sorts these k as it sorts the full array.
+int32_t rast_top_k_combined(const float * large, const float * const * pair_logits, const float * alphas,
+                            size_t n_pairs, int32_t n_shared, const std::vector<int32_t> & excluded_ids, int32_t k,
+                            std::vector<llama_token_data> & out);
+
 // The largest of z[0..m) that is not NaN (-inf if none), as `if (z[j] > best) best = z[j]` finds it (SSE2 where there is).
 float rast_block_max(const float * z, int32_t m);
 

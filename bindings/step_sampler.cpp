@@ -119,6 +119,8 @@ int32_t StepSampler::open(float temp, int32_t top_k, float top_p, float min_p, u
     s->alphas = std::move(alphas);
     s->n_logprobs = n_logprobs;
     s->greedy = temp <= 0.0f;
+    // below a quarter of the vocabulary the one-pass selection pays; above, the full array is as cheap
+    s->top_k = top_k > 0 && (int64_t) top_k * 4 <= n_shared_ ? top_k : 0;
     if (!s->greedy) {  // the links and order of SamplerChain, without the delta (added here) and the probe
         llama_sampler_chain_params params = llama_sampler_chain_default_params();
         params.no_perf = true;
@@ -253,14 +255,18 @@ void StepSampler::sample_row(size_t i, size_t worker, const std::vector<int32_t>
         }
     } else {
         std::vector<llama_token_data> & cur = scratch_[worker];
-        cur.resize(n_vocab_);
-        for (int32_t id = 0; id < n_vocab_; ++id) {
-            float z = NEG_INF;
-            if (id < n_shared_ && !excluded[id]) {
-                z = combined(id);
-                if (large[id] > large_best) { large_best = large[id]; large_top = id; }
+        if (s.top_k > 0) {
+            large_top = rast_top_k_combined(large, logits + 1, alphas, n_pairs, n_shared_, excluded_ids_, s.top_k, cur);
+        } else {
+            cur.resize(n_vocab_);
+            for (int32_t id = 0; id < n_vocab_; ++id) {
+                float z = NEG_INF;
+                if (id < n_shared_ && !excluded[id]) {
+                    z = combined(id);
+                    if (large[id] > large_best) { large_best = large[id]; large_top = id; }
+                }
+                cur[id] = {id, z, 0.0f};
             }
-            cur[id] = {id, z, 0.0f};
         }
         llama_token_data_array cur_p = {cur.data(), cur.size(), -1, false};
         llama_sampler_apply(s.trunc, &cur_p);
@@ -427,6 +433,33 @@ void rast_register_step_sampler(nb::module_ & m) {
               return std::make_pair(c.token, c.large_top);
           },
           nb::arg("large"), nb::arg("pair_rows"), nb::arg("alphas"), nb::arg("n_shared"), nb::arg("excluded_ids"));
+
+    // Test hook: rast_top_k_combined over given rows -> (ids and z of the k kept, unordered; large_top).
+    m.def("_top_k_combined_check",
+          [](Row large, std::vector<Row> pair_rows, std::vector<float> alphas, int32_t n_shared,
+             std::vector<int32_t> excluded_ids, int32_t k) {
+              if (pair_rows.size() != 2 * alphas.size()) throw std::invalid_argument("give tuned and base per alpha");
+              if (k < 1) throw std::invalid_argument("k must be >= 1");
+              std::vector<const float *> rows;
+              for (auto & r : pair_rows) {
+                  if (r.shape(0) < (size_t) n_shared) throw std::invalid_argument("a row is shorter than n_shared");
+                  rows.push_back(r.data());
+              }
+              if (large.shape(0) < (size_t) n_shared) throw std::invalid_argument("a row is shorter than n_shared");
+              std::sort(excluded_ids.begin(), excluded_ids.end());
+              std::vector<llama_token_data> kept;
+              const int32_t large_top = rast_top_k_combined(large.data(), rows.data(), alphas.data(), alphas.size(),
+                                                            n_shared, excluded_ids, k, kept);
+              std::vector<int32_t> ids;
+              std::vector<float> values;
+              for (const auto & c : kept) {
+                  ids.push_back(c.id);
+                  values.push_back(c.logit);
+              }
+              return std::make_tuple(ids, values, large_top);
+          },
+          nb::arg("large"), nb::arg("pair_rows"), nb::arg("alphas"), nb::arg("n_shared"), nb::arg("excluded_ids"),
+          nb::arg("k"));
 
     // Fill a llama_batch (made by llama_batch_init with n_seq_max >= 1) with n entries in one call.
     m.def("fill_batch",

@@ -7,9 +7,11 @@
 // Per row: z = z_large + sum_k alpha_k * (z_tuned_k - z_base_k) over the ids every model scores
 // (ids >= n_shared and padding ids are never chosen), computed exactly as the delta sampler does.
 // Greedy rows take the argmax of z in one vectorized pass (rast_greedy_argmax, no candidate
-// array); sampled rows fill a candidate array and run llama.cpp's own samplers (the same links,
-// order and seed as SamplerChain), so both paths choose what the one-row-at-a-time chain
-// chooses. Rows are spread over a small persistent thread pool; the logits of every context are
+// array); sampled rows run llama.cpp's own samplers (the same links, order and seed as
+// SamplerChain) on a candidate array, so both paths choose what the one-row-at-a-time chain
+// chooses. With top-k on (always the first truncation link) that array holds only the k ids of
+// largest z, picked in one pass over the row (rast_top_k_combined): what llama.cpp's top-k keeps of
+// the full array, without filling and partially sorting 152k candidates per row. Rows are spread over a small persistent thread pool; the logits of every context are
 // fetched (which waits for that context's queued work) on the calling thread first. An exception
 // in a worker is caught and rethrown on the caller once every worker has finished.
 #pragma once
@@ -57,6 +59,7 @@ struct rast_step_seq {
     bool                 greedy = true;
     std::vector<float>   alphas;          // one per pair
     int32_t              n_logprobs = -1; // -1: none; 0: the chosen token's; k: also the top k
+    int32_t              top_k = 0;       // > 0: only the top_k ids are candidates (selected without a full array)
     llama_sampler *      trunc = nullptr; // truncation + temperature links (a chain, maybe empty)
     llama_sampler *      dist  = nullptr; // the seeded draw
     ~rast_step_seq();

@@ -240,6 +240,46 @@ def test_the_blockwise_greedy_argmax_is_numpys_first_argmax():
         assert large_top == first_argmax(rows[0][:n_shared]), trial
 
 
+def test_the_one_pass_top_k_keeps_what_a_full_sort_keeps():
+    """rast_top_k_combined (sampled rows with top-k of StepSampler) against numpy's sort of the
+    combined row: the same k values (a tie on the k-th value may keep any of the tied ids, as
+    llama.cpp's unstable partial sort), only allowed ids below n_shared, each with its own z; the
+    large model's own first argmax beside it. Rows span many blocks, k from 1 to past the buffer's
+    first trim, values with many ties, -inf, excluded ids (even the largest)."""
+    rng = np.random.default_rng(11)
+    for trial in range(80):
+        n_vocab = int(rng.integers(2, 5000))
+        n_shared = int(rng.integers(1, n_vocab + 1))
+        n_pairs = 1 + trial % 2
+        if trial % 2:
+            rows = [rng.integers(-6, 7, n_vocab).astype(np.float32) / 4 for _ in range(1 + 2 * n_pairs)]  # ties
+        else:
+            rows = [rng.normal(0, 3, n_vocab).astype(np.float32) for _ in range(1 + 2 * n_pairs)]
+        if trial % 5 == 0:
+            rows[0][rng.integers(0, n_vocab, 9)] = -np.inf
+        alphas = [float(a) for a in rng.choice([-1.0, 0.0, 0.5, 2.0], n_pairs)]
+        delta = np.zeros(n_vocab, np.float32)
+        for k, a in enumerate(alphas):
+            delta += np.float32(a) * (rows[1 + 2 * k] - rows[2 + 2 * k])
+        z = (rows[0] + delta if n_pairs > 1 else rows[0] + np.float32(alphas[0]) * (rows[1] - rows[2]))[:n_shared]
+        excluded = sorted(set(rng.integers(0, n_shared, int(rng.integers(0, 12))).tolist()))
+        if trial % 4 == 1:
+            excluded = sorted(set(excluded) | {int(np.argmax(z))})
+        allowed = np.ones(n_shared, bool)
+        allowed[excluded] = False
+        z_allowed = np.where(allowed, z, -np.inf)
+        k = int(rng.choice([1, 5, 40, 64, 300, 1100]))
+        k = min(k, n_shared)
+        ids, values, large_top = _ext._top_k_combined_check(rows[0], rows[1:], alphas, n_shared, excluded, k)
+        assert len(ids) == k == len(set(ids)), trial
+        assert all(0 <= i < n_shared for i in ids), trial
+        np.testing.assert_array_equal(np.asarray(values, np.float32), z_allowed[ids])  # each id's own z
+        want = np.sort(z_allowed)[::-1][:k]
+        np.testing.assert_array_equal(np.sort(np.asarray(values, np.float32))[::-1], want)  # the k largest values
+        first = np.where(allowed, rows[0][:n_shared], -np.inf)
+        assert large_top == (-1 if first.max() == -np.inf else int(np.argmax(first))), trial
+
+
 def test_greedy_chain_and_sample_rows_match_numpy(stepped):
     """The single-sequence chain's greedy fast path and the scheduler's sample_rows: numpy's argmax of
     the combined logits, each row's logprobs only as its request asked."""
