@@ -67,6 +67,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("-ngl", "--n-gpu-layers", type=int, default=0)
     ap.add_argument("-t", "--threads", type=int, default=None)
+    ap.add_argument("--overlap", choices=("off", "on", "both"), default="off",
+                    help="decode the small models on worker threads (RastEngine overlap); both: each -np twice, side by side")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--files", nargs=3, metavar=("LARGE", "BASE", "TUNED"), default=None,
                     help="use these GGUF files (e.g. rast bench's synthetic models) instead of writing a triple")
@@ -80,17 +82,19 @@ def main() -> None:
     pairs = [DeltaPair(str(tuned), str(base), 1.0, args.n_gpu_layers)]
     lines = records(args.records, args.samples, args.min_tokens, args.max_tokens)
     n_ctx = 64 + args.max_tokens + 64
-    engines = {p: RastEngine(large, pairs, n_ctx=n_ctx, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers,
-                             n_seq_max=p) for p in args.parallel}
+    overlaps = {"off": [False], "on": [True], "both": [False, True]}[args.overlap]
+    settings = [(p, ov) for p in args.parallel for ov in overlaps]
+    engines = {(p, ov): RastEngine(large, pairs, n_ctx=n_ctx, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers,
+                                   n_seq_max=p, overlap=ov) for p, ov in settings}
     try:
         for engine in engines.values():  # warm-up (first-use allocations, GPU kernels)
             one_run(engine, records(1, 1, 4, 4))
-        runs = {p: [] for p in args.parallel}
+        runs = {key: [] for key in settings}
         for _ in range(args.repeats):
-            for p, engine in engines.items():
-                runs[p].append(one_run(engine, lines))
+            for key, engine in engines.items():
+                runs[key].append(one_run(engine, lines))
         widest = max(args.parallel)
-        prompts = [engines[widest].tokenize(json.loads(line)["prompt"]) for line in lines][:widest]
+        prompts = [engines[settings[-1]].tokenize(json.loads(line)["prompt"]) for line in lines][:widest]
         prompts += [prompts[i % len(prompts)] for i in range(widest - len(prompts))]
     finally:
         for engine in engines.values():
@@ -106,23 +110,23 @@ def main() -> None:
     print(f"plain llama.cpp loop at B={widest}: large alone {plain['plain']['tg_tps']:.1f} tok/s, "
           f"three models (no delta) {plain['plain3']['tg_tps']:.1f} tok/s")
     first = args.parallel[0]
-    print(f"{'-np':>4}  {'tokens':>7}  {'seconds':>8}  {'tok/s':>8}  {'vs -np ' + str(first):>9}  {'vs plain':>8}  "
+    print(f"{'-np':>4}  {'overlap':>7}  {'tokens':>7}  {'seconds':>8}  {'tok/s':>8}  {'vs -np ' + str(first):>9}  {'vs plain':>8}  "
           f"{'vs plain3':>9}  {'occupancy':>9}  {'while queued':>12}  {'prompt decoded/requested':>24}")
     results = []
     base_tps = None
-    for p in args.parallel:
-        med = statistics.median(r["seconds"] for r in runs[p])
-        r0 = runs[p][0]
+    for p, ov in settings:
+        med = statistics.median(r["seconds"] for r in runs[(p, ov)])
+        r0 = runs[(p, ov)][0]
         tps = r0["tokens"] / med
         base_tps = base_tps or tps
-        row = {"parallel": p, "tokens": r0["tokens"], "seconds": med, "tokens_per_s": tps,
+        row = {"parallel": p, "overlap": ov, "tokens": r0["tokens"], "seconds": med, "tokens_per_s": tps,
                "vs_first": tps / base_tps, "vs_plain": tps / plain["plain"]["tg_tps"],
                "vs_plain3": tps / plain["plain3"]["tg_tps"], "occupancy": r0["occupancy"],
                "occupancy_queued": r0["occupancy_queued"],
                "prompt_tokens_decoded": r0["prompt_tokens_decoded"],
-               "prompt_tokens_requested": r0["prompt_tokens_requested"], "all_seconds": [r["seconds"] for r in runs[p]]}
+               "prompt_tokens_requested": r0["prompt_tokens_requested"], "all_seconds": [r["seconds"] for r in runs[(p, ov)]]}
         results.append(row)
-        print(f"{p:>4}  {row['tokens']:>7}  {med:>8.2f}  {tps:>8.1f}  {row['vs_first']:>8.2f}x  {row['vs_plain']:>7.2f}x  "
+        print(f"{p:>4}  {'on' if ov else 'off':>7}  {row['tokens']:>7}  {med:>8.2f}  {tps:>8.1f}  {row['vs_first']:>8.2f}x  {row['vs_plain']:>7.2f}x  "
               f"{row['vs_plain3']:>8.2f}x  {row['occupancy']:>9.3f}  {row['occupancy_queued']:>12.3f}  "
               f"{row['prompt_tokens_decoded']:>11}/{row['prompt_tokens_requested']:<12}")
     if args.json:

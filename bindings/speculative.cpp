@@ -183,15 +183,17 @@ int32_t rast_accept_or_resample(const float * p, const float * q, int32_t n, int
 rast_speculator::rast_speculator(llama_context * ctx_large, std::vector<rast_pair> pairs, int32_t n_shared,
                                  std::vector<uint8_t> excluded, const rast_chain_settings & settings, uint64_t seed,
                                  rast_draft_kind kind, llama_context * ctx_draft, int32_t n_batch_max,
-                                 bool eager_draft)
+                                 bool eager_draft, bool predraft)
     : ctx_large_(ctx_large), pairs_(std::move(pairs)),
       n_vocab_(llama_vocab_n_tokens(llama_model_get_vocab(llama_get_model(ctx_large)))), n_shared_(n_shared),
       settings_(settings), chain_p_(settings, n_vocab_), chain_q_(settings, n_vocab_), seed_(seed), kind_(kind),
-      ctx_draft_(ctx_draft), n_batch_max_(n_batch_max), eager_draft_(eager_draft) {
+      ctx_draft_(ctx_draft), n_batch_max_(n_batch_max), eager_draft_(eager_draft), predraft_(predraft) {
     if (kind_ == RAST_DRAFT_TUNED && pairs_.empty()) throw std::invalid_argument("drafting with the tuned model needs a pair");
     if (kind_ == RAST_DRAFT_MODEL && !ctx_draft_) throw std::invalid_argument("no drafter context");
     if (kind_ == RAST_DRAFT_TUNED) ctx_draft_ = pairs_[0].ctx_tuned;
     if (kind_ == RAST_DRAFT_NGRAM) eager_draft_ = false;
+    predraft_ = predraft_ && eager_draft_;  // only where the drafter runs beside the verify
+    keep_rows_ = kind_ == RAST_DRAFT_TUNED || settings_.temp > 0.0f;
     allowed_.assign(n_vocab_, 0);
     mask_.assign(n_shared_, 0u);
     for (int32_t id = 0; id < n_shared_; ++id) {
@@ -220,6 +222,15 @@ void rast_speculator::start(const std::vector<llama_token> & history) {
     if (history.empty()) throw std::invalid_argument("speculative decoding needs at least one token to start from");
     history_.assign(history.begin(), history.end() - 1);
     id_last_ = history.back();
+    logits_pos_ = -1;
+    ahead_token_ = -1;
+    carry_ = false;
+}
+
+void rast_speculator::decode_drafter(llama_batch & batch) {
+    decode(ctx_draft_, batch);
+    ++n_draft_decodes_;
+    logits_pos_ = batch.pos[batch.n_tokens - 1];
 }
 
 int32_t rast_speculator::decode(llama_context * ctx, llama_batch & batch) {
@@ -275,14 +286,19 @@ int32_t rast_speculator::draft_with_model(llama_context * ctx, int32_t k_max, fl
     const int32_t n = (int32_t) history_.size();
     llama_memory_t mem = llama_get_memory(ctx);
     int32_t held = llama_memory_seq_pos_max(mem, 0) + 1;
-    if (held > n) {
+    // a pre-draft hit: the drafter already holds id_last at n, and its logits are row 0
+    const bool carried = carried_ = carry_ && held == n + 1 && logits_pos_ == n;
+    carry_ = false;
+    if (carried) {
+        held = n + 1;
+    } else if (held > n) {
         llama_memory_seq_rm(mem, 0, n, -1);
         held = n;
     }
     // catch up with the history (after a full acceptance a separate drafter lacks the last draft),
     // then id_last: logits for the last one only; eager with nothing to draft, id_last waits for the
     // verify round
-    const bool defer_last = eager_draft_ && k_max == 0;
+    const bool defer_last = eager_draft_ && k_max == 0 && !carried;
     const int32_t last = defer_last ? n - 1 : n;
     for (int32_t start = held; start <= last; start += n_batch_max_) {
         const int32_t end = std::min(last + 1, start + n_batch_max_);
@@ -290,7 +306,11 @@ int32_t rast_speculator::draft_with_model(llama_context * ctx, int32_t k_max, fl
         for (int32_t pos = start; pos < end; ++pos) {
             batch_set(batch_, pos - start, pos < n ? history_[pos] : id_last_, pos, pos == n);
         }
-        decode(ctx, batch_);
+        if (end > n) {
+            decode_drafter(batch_);  // the chunk with id_last, whose logits are row 0
+        } else {
+            decode(ctx, batch_);     // catching up on the history: no logits
+        }
     }
     if (defer_last) {
         pending_token_ = id_last_;
@@ -317,7 +337,7 @@ int32_t rast_speculator::draft_with_model(llama_context * ctx, int32_t k_max, fl
         }
         batch_.n_tokens = 1;
         batch_set(batch_, 0, d, n + j + 1, true);
-        decode(ctx, batch_);
+        decode_drafter(batch_);
     }
     return (int32_t) drafts_.size();
 }
@@ -362,7 +382,7 @@ const float * rast_speculator::drafter_row(int32_t i) {
     const int32_t k = (int32_t) drafts_.size();
     batch_.n_tokens = 1;
     batch_set(batch_, 0, drafts_[k - 1], (llama_pos) history_.size() + k, true);
-    decode(ctx_draft_, batch_);
+    decode_drafter(batch_);
     const int32_t n_read = std::min(n_shared_, llama_vocab_n_tokens(llama_model_get_vocab(llama_get_model(ctx_draft_))));
     std::memcpy(rows_.data() + (size_t) i * n_vocab_, llama_get_logits_ith(ctx_draft_, -1), sizeof(float) * n_read);
     n_rows_ = i + 1;
@@ -434,6 +454,31 @@ void rast_speculator::emit_stats(const float * zl, const float * z_rast, const f
                            (float) (z_rast[token] - max_rast - std::log(sum_rast))});
 }
 
+// In the verify round: the drafter's proposal after its row k (the one the bonus token is decided
+// from), decoded at n + k + 1 on the drafter's stream while the large model verifies.
+void rast_speculator::predraft(int32_t n, int32_t k) {
+    const float * row = nullptr;
+    if (logits_pos_ == n + k) {
+        row = llama_get_logits_ith(ctx_draft_, -1);  // waits for the drafter's stream only
+        if (keep_rows_ && n_rows_ == k) {            // row k stays readable after the next decode
+            const int32_t n_read = std::min(n_shared_, llama_vocab_n_tokens(llama_model_get_vocab(llama_get_model(ctx_draft_))));
+            std::memcpy(rows_.data() + (size_t) k * n_vocab_, row, sizeof(float) * n_read);
+            n_rows_ = k + 1;
+        }
+    } else if (k < n_rows_) {
+        row = rows_.data() + (size_t) k * n_vocab_;
+    }
+    if (!row || n + k + 1 >= (int32_t) llama_n_ctx(ctx_draft_)) return;
+    llama_token d;
+    next_draft(row, k, 0.0f, &d);
+    if (logits_pos_ > n + k) llama_memory_seq_rm(llama_get_memory(ctx_draft_), 0, n + k + 1, -1);  // dropped drafts
+    batch_one_.n_tokens = 1;
+    batch_set(batch_one_, 0, d, n + k + 1, true);
+    decode(ctx_draft_, batch_one_);
+    logits_pos_ = n + k + 1;
+    ahead_token_ = d;
+}
+
 rast_cycle_result rast_speculator::cycle(int32_t k_max, float p_min, int32_t n_min, int32_t ngram_min,
                                          int32_t ngram_max) {
     if (id_last_ < 0) throw std::runtime_error("call start() before cycle()");
@@ -445,6 +490,9 @@ rast_cycle_result rast_speculator::cycle(int32_t k_max, float p_min, int32_t n_m
     n_rows_ = 0;
     pending_row_ = eager_row_ = -1;
     lazy_seconds_ = 0.0;
+    n_draft_decodes_ = 0;
+    ahead_token_ = -1;
+    carried_ = false;
     const size_t need = (size_t) (k_max + 1) * n_vocab_;
     if (q_.size() < need) q_.resize(need);
     if (delta_.size() < need) delta_.resize(need);
@@ -475,9 +523,11 @@ rast_cycle_result rast_speculator::cycle(int32_t k_max, float p_min, int32_t n_m
         batch_one_.n_tokens = 1;
         batch_set(batch_one_, 0, pending_token_, n + pending_row_, true);
         decode(ctx_draft_, batch_one_);
+        logits_pos_ = n + pending_row_;
         eager_row_ = pending_row_;
         pending_row_ = -1;
     }
+    if (predraft_) predraft(n, k);
     // while the large model computes (on a GPU): the pairs' delta of every row whose small-model
     // logits are there without another decode
     std::fill(delta_ready_.begin(), delta_ready_.begin() + k + 1, 0);
@@ -525,18 +575,25 @@ rast_cycle_result rast_speculator::cycle(int32_t k_max, float p_min, int32_t n_m
             accepted = i < forced_accept;
             if (accepted) token = drafts_[i];
         }
+        if (forced_accept >= 0 && i == k && ahead_token_ >= 0) {
+            token = forced_hit ? ahead_token_ : (ahead_token_ == 0 ? 1 : 0);  // a hit, or surely not one
+        }
         res.tokens.push_back(token);
         if (!accepted) break;
         ++m;
     }
     res.t_draft += lazy_seconds_;
+    res.carried = carried_;
+    res.n_draft_decodes = n_draft_decodes_;  // a lazy decode after the verify counts too
     res.n_drafted = k;
     res.n_accepted = m;
+    // the bonus token is the pre-draft the drafter decoded at n + k + 1: it keeps that position
+    res.hit = carry_ = ahead_token_ >= 0 && m == k && res.tokens.back() == ahead_token_;
 
-    // every context keeps exactly history + id_last + the accepted drafts
+    // every context keeps exactly history + id_last + the accepted drafts (the drafter, on a hit, + the bonus)
     const llama_pos keep = n + m + 1;
     for (auto * ctx : verifiers_) llama_memory_seq_rm(llama_get_memory(ctx), 0, keep, -1);
-    if (kind_ != RAST_DRAFT_NGRAM) llama_memory_seq_rm(llama_get_memory(ctx_draft_), 0, keep, -1);
+    if (kind_ != RAST_DRAFT_NGRAM) llama_memory_seq_rm(llama_get_memory(ctx_draft_), 0, carry_ ? keep + 1 : keep, -1);
     history_.push_back(id_last_);
     history_.insert(history_.end(), drafts_.begin(), drafts_.begin() + m);
     id_last_ = res.tokens.back();

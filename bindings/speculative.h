@@ -24,6 +24,15 @@
 // base decodes (on a GPU llama_decode only queues work on the context's own stream, so the three
 // overlap) and rolled back with the others on a rejection; without it (a CPU, where it would cost
 // a whole decode on every rejection) it is decoded after the verify, only when needed.
+//
+// Pre-drafting (with eager_draft, where a drafter decode costs a fraction of the large model's
+// verify and runs beside it): in the verify round, once the drafter's row after its last draft is
+// there, the drafter also proposes the token after it (the very proposal the bonus token is decided
+// from: its argmax, or its draw keyed by (seed, position) when sampling) and decodes it on its own
+// stream while the large model still verifies. When every draft is accepted and the bonus token
+// is that proposal, the next cycle starts from the row this decode gave and saves its first
+// drafter decode; otherwise the decode is rolled back with the rest. Which tokens come out does not
+// change: the proposals and draws are the same functions of the rows and positions either way.
 #pragma once
 
 #include "delta_sampler.h"
@@ -87,13 +96,17 @@ struct rast_cycle_result {
     double                   t_draft = 0.0;  // seconds drafting (drafter decodes + q)
     double                   t_verify = 0.0; // seconds of the verify round (the batched decodes, synchronised,
                                              // with the pairs' delta rows computed while the large one runs)
+    int32_t                  n_draft_decodes = 0; // drafter decodes counted in t_draft
+    bool                     carried = false;     // started from the row a pre-draft decoded (one decode saved)
+    bool                     hit = false;         // ended on its pre-draft: the next cycle is carried
 };
 
 class rast_speculator {
   public:
     rast_speculator(llama_context * ctx_large, std::vector<rast_pair> pairs, int32_t n_shared,
                     std::vector<uint8_t> excluded, const rast_chain_settings & settings, uint64_t seed,
-                    rast_draft_kind kind, llama_context * ctx_draft, int32_t n_batch_max, bool eager_draft);
+                    rast_draft_kind kind, llama_context * ctx_draft, int32_t n_batch_max, bool eager_draft,
+                    bool predraft);
     ~rast_speculator();
 
     // history: the tokens so far; every RAST context must hold history[0..n-1) (the last one is
@@ -111,6 +124,8 @@ class rast_speculator {
     int32_t forced_accept = -1;   // benchmarks only: >= 0 accepts exactly min(this, k) drafts per cycle
                                   // whatever p says (times a cycle at a fixed accepted length; the
                                   // output is then NOT RAST's)
+    bool    forced_hit = false;   // benchmarks only, with forced_accept: a cycle that accepts all its
+                                  // drafts emits its pre-draft as the bonus token (the next is carried)
     bool record = false;          // keep the post-chain logits of each emitted token
     bool track_delta = false;     // keep rast_delta_stats of each emitted token
     std::vector<std::vector<float>> recorded;     // per emitted token of the last cycle
@@ -126,6 +141,8 @@ class rast_speculator {
     const float * tuned_row(size_t pair, int32_t i);
     void    emit_stats(const float * z_large, const float * z_rast, const float * post_logits, llama_token token);
     int32_t decode(llama_context * ctx, llama_batch & batch);
+    void    decode_drafter(llama_batch & batch);  // decode + note where the drafter's logits are
+    void    predraft(int32_t n, int32_t k);
 
     llama_context *          ctx_large_;
     std::vector<rast_pair>   pairs_;
@@ -138,6 +155,8 @@ class rast_speculator {
     llama_context *          ctx_draft_;
     int32_t                  n_batch_max_;
     bool                     eager_draft_;
+    bool                     predraft_;
+    bool                     keep_rows_;   // the drafter's rows are copied (tuned drafter, or sampling)
     llama_batch              batch_, batch_one_;
     std::vector<llama_context *> verifiers_;  // the large context first
     std::vector<uint32_t>    mask_;     // n_shared: all ones where RAST may pick the id, 0 elsewhere
@@ -154,5 +173,10 @@ class rast_speculator {
     std::vector<float>       delta_;               // (drafts + 1) x n_vocab: the pairs' delta per verify row
     std::vector<uint8_t>     delta_ready_;
     double                   lazy_seconds_ = 0.0; // drafter decode of the last draft after a full acceptance
+    int32_t                  n_draft_decodes_ = 0;
+    llama_pos                logits_pos_ = -1;    // position of the drafter's latest logits (-1: none known)
+    llama_token              ahead_token_ = -1;   // pre-drafted and decoded at n + k + 1 this cycle (-1: none)
+    bool                     carry_ = false;      // the drafter holds id_last with its logits (a pre-draft hit)
+    bool                     carried_ = false;    // this cycle started from such a row
     std::vector<float>       z_, post_, post_q_, p_;
 };

@@ -25,7 +25,7 @@ struct Speculator {
     Speculator(uintptr_t ctx_large_addr, const std::vector<std::tuple<float, uintptr_t, uintptr_t>> & pairs,
                int32_t n_shared, float temp, int32_t top_k, float top_p, float min_p, uint64_t seed,
                const std::string & order, const std::string & drafter, uintptr_t ctx_draft_addr, int32_t n_batch_max,
-               bool eager_draft) {
+               bool eager_draft, bool predraft) {
         llama_context * ctx_large = ctx_from(ctx_large_addr);
         const llama_vocab * vocab = llama_model_get_vocab(llama_get_model(ctx_large));
         if (n_shared <= 0 || n_shared > llama_vocab_n_tokens(vocab)) {
@@ -58,7 +58,7 @@ struct Speculator {
         }
         if (n_batch_max < 1) throw std::invalid_argument("n_batch_max must be >= 1");
         spec = std::make_unique<rast_speculator>(ctx_large, std::move(rast_pairs), n_shared, std::move(excluded),
-                                                 settings, seed, kind, ctx_draft, n_batch_max, eager_draft);
+                                                 settings, seed, kind, ctx_draft, n_batch_max, eager_draft, predraft);
     }
 
     rast_speculator & get() const {
@@ -66,10 +66,12 @@ struct Speculator {
         return *spec;
     }
 
-    std::tuple<std::vector<int32_t>, int32_t, int32_t, double, double> cycle(int32_t k_max, float p_min, int32_t n_min,
-                                                                             int32_t ngram_min, int32_t ngram_max) {
+    // (tokens, n_drafted, n_accepted, t_draft, t_verify, n_draft_decodes, carried, hit): see rast_cycle_result
+    std::tuple<std::vector<int32_t>, int32_t, int32_t, double, double, int32_t, bool, bool>
+    cycle(int32_t k_max, float p_min, int32_t n_min, int32_t ngram_min, int32_t ngram_max) {
         rast_cycle_result r = get().cycle(k_max, p_min, n_min, ngram_min, ngram_max);
-        return {std::vector<int32_t>(r.tokens.begin(), r.tokens.end()), r.n_drafted, r.n_accepted, r.t_draft, r.t_verify};
+        return {std::vector<int32_t>(r.tokens.begin(), r.tokens.end()), r.n_drafted, r.n_accepted, r.t_draft, r.t_verify,
+                r.n_draft_decodes, r.carried, r.hit};
     }
 
     nb::ndarray<nb::numpy, float, nb::ndim<1>> recorded_logits(size_t i) const {
@@ -92,10 +94,10 @@ using FloatVec = nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device:
 void rast_register_speculative(nb::module_ & m) {
     nb::class_<Speculator>(m, "Speculator")
         .def(nb::init<uintptr_t, const std::vector<std::tuple<float, uintptr_t, uintptr_t>> &, int32_t, float, int32_t,
-                      float, float, uint64_t, const std::string &, const std::string &, uintptr_t, int32_t, bool>(),
+                      float, float, uint64_t, const std::string &, const std::string &, uintptr_t, int32_t, bool, bool>(),
              nb::arg("ctx_large"), nb::arg("pairs"), nb::arg("n_shared"), nb::arg("temp"), nb::arg("top_k"),
              nb::arg("top_p"), nb::arg("min_p"), nb::arg("seed"), nb::arg("order"), nb::arg("drafter"),
-             nb::arg("ctx_draft"), nb::arg("n_batch_max"), nb::arg("eager_draft") = false)
+             nb::arg("ctx_draft"), nb::arg("n_batch_max"), nb::arg("eager_draft") = false, nb::arg("predraft") = false)
         .def("start", [](Speculator & s, const std::vector<int32_t> & history) {
                  s.get().start(std::vector<llama_token>(history.begin(), history.end()));
              }, nb::arg("history"))
@@ -107,6 +109,7 @@ void rast_register_speculative(nb::module_ & m) {
         .def("set_seed", [](Speculator & s, uint64_t seed) { s.get().set_seed(seed); }, nb::arg("seed"))
         .def("set_wrong_residual", [](Speculator & s, bool on) { s.get().wrong_residual = on; }, nb::arg("enabled"))
         .def("set_forced_accept", [](Speculator & s, int32_t n) { s.get().forced_accept = n; }, nb::arg("n"))
+        .def("set_forced_hit", [](Speculator & s, bool on) { s.get().forced_hit = on; }, nb::arg("enabled"))
         .def("recorded_logits", &Speculator::recorded_logits, nb::arg("i"))
         .def("delta_stats", &Speculator::delta_stats)
         .def("close", [](Speculator & s) { s.spec.reset(); });

@@ -9,8 +9,12 @@ decoding, no delta). Tokens/s at a per-token acceptance a: a draft is accepted w
 until the first rejection, so P(m) = a^m (1 - a) for m < k and a^k for m = k, and tokens/s(a) =
 max over k of E[m + 1] / E[T(k, m)]. The large model alone and plain RAST are timed in the same run
 (`rast_gguf.bench.bench_engine`), so the ratios are side by side. The cycle is the one generation
-runs (with the drafter on a GPU, its last decode inside the verify round); each T(k, m) comes with
-its drafting and verifying parts, the rest being host work.
+runs (with the drafter on a GPU, its last decode inside the verify round, and its pre-draft); each
+T(k, m) comes with its drafting and verifying parts, the rest being host work. With pre-drafting,
+T(k, m) is timed after cycles that did not end on their pre-draft, and a run of cycles that all
+do (`Speculator.set_forced_hit`) gives S(k), what starting from a pre-drafted row saves: at
+acceptance a a cycle ends on its pre-draft with probability a^(k + 1) (all k drafts and the
+proposal after them accepted), so E[T] drops by a^(k + 1) S(k).
 
 `toy_acceptance()`: the real thing on the shipped toy triple: acceptance and end-to-end tokens/s of
 speculative vs plain RAST (greedy) per alpha, over the same prompts.
@@ -25,52 +29,65 @@ import time
 from rast_gguf.bench import BenchSetup, bench_engine, check_setup, synthetic_models
 from rast_gguf.engine import RastEngine
 from rast_gguf.sampling import DeltaPair, SamplingParams
-from rast_gguf.speculative import DraftParams, eager_draft, make_speculator
+from rast_gguf.speculative import DraftParams, eager_draft, make_speculator, predraft_on
 
 ACCEPTANCES = (0.5, 0.6, 0.7, 0.8, 0.9)
 DRAFT_LENGTHS = (1, 2, 3, 4, 6, 8)
 
 
-def _cycle_times(engine: RastEngine, prompt: list[int], ks, n_cycles: int, eager: bool):
+def _cycle_times(engine: RastEngine, prompt: list[int], ks, n_cycles: int, eager: bool, predraft: bool = False):
     """({(k, m): median seconds of a cycle with k drafts of which exactly m are accepted},
-    {(k, m): (median seconds drafting, verifying)}): the rest of a cycle is host work (combining
-    rows, the acceptance test, the rollback, the Python call)."""
-    spec = make_speculator(engine, SamplingParams(temp=0), eager)
+    {(k, m): (median seconds drafting, verifying)}, {k: seconds a cycle saves by starting from a
+    pre-drafted row}): the rest of a cycle is host work (combining rows, the acceptance test, the
+    rollback, the Python call)."""
+    spec = make_speculator(engine, SamplingParams(temp=0), eager, predraft)
     times: dict[tuple[int, int], float] = {}
     parts: dict[tuple[int, int], tuple[float, float]] = {}
+    saved: dict[int, float] = {}
     try:
         def restart():
             engine.rewind(len(prompt) - 1)
             spec.start(prompt)
 
+        def timed(k, m, hit):
+            spec.set_forced_accept(m)
+            spec.set_forced_hit(hit)
+            runs, drafting, verifying = [], [], []
+            skip = 2  # cycles not timed: warming this length up, then setting the row the next one starts from
+            while len(runs) < n_cycles:
+                if spec.n_past + k + 3 >= engine.n_ctx:
+                    restart()
+                    skip = max(skip, 1)
+                t0 = time.perf_counter()
+                _, _, _, t_draft, t_verify, _, carried, _ = spec.cycle(k, 0.0, 0, 1, 4)
+                if skip:
+                    skip -= 1
+                    continue
+                assert carried == hit, "a forced pre-draft hit did not carry over"
+                runs.append(time.perf_counter() - t0)
+                drafting.append(t_draft)
+                verifying.append(t_verify)
+            return statistics.median(runs), (statistics.median(drafting), statistics.median(verifying))
+
         restart()
         for k in ks:
             for m in range(k + 1):
-                spec.set_forced_accept(m)
-                runs, drafting, verifying = [], [], []
-                for i in range(n_cycles + 1):  # the first one warms this length up
-                    if spec.n_past + k + 2 >= engine.n_ctx:
-                        restart()
-                    t0 = time.perf_counter()
-                    _, _, _, t_draft, t_verify = spec.cycle(k, 0.0, 0, 1, 4)
-                    if i:
-                        runs.append(time.perf_counter() - t0)
-                        drafting.append(t_draft)
-                        verifying.append(t_verify)
-                times[(k, m)] = statistics.median(runs)
-                parts[(k, m)] = (statistics.median(drafting), statistics.median(verifying))
+                times[(k, m)], parts[(k, m)] = timed(k, m, False)
+            if predraft:
+                saved[k] = times[(k, k)] - timed(k, k, True)[0]
     finally:
         spec.close()
-    return times, parts
+    return times, parts, saved
 
 
-def tokens_per_second(times: dict[tuple[int, int], float], a: float) -> tuple[float, int]:
-    """(best expected tokens/s, its k) at per-token acceptance a."""
+def tokens_per_second(times: dict[tuple[int, int], float], a: float, saved: dict[int, float] | None = None
+                      ) -> tuple[float, int]:
+    """(best expected tokens/s, its k) at per-token acceptance a; saved: {k: S(k)} with pre-drafting."""
     best = (0.0, 0)
     for k in sorted({k for k, _ in times}):
         probs = [a ** m * (1 - a) for m in range(k)] + [a ** k]
         tokens = sum(p * (m + 1) for m, p in enumerate(probs))
-        seconds = sum(p * times[(k, m)] for m, p in enumerate(probs))
+        seconds = sum(p * times[(k, m)] for m, p in enumerate(probs)) - a ** (k + 1) * (saved or {}).get(k, 0.0)
         best = max(best, (tokens / seconds, k))
     return best
 
@@ -96,19 +113,24 @@ def cycle_bench(setup: BenchSetup, ks=DRAFT_LENGTHS, n_cycles: int = 5, log=prin
             prompt = [rng.randrange(low, engine.n_shared - low) for _ in range(setup.n_prompt)]
             engine.feed(prompt[:-1])
             eager = eager_draft(engine)
-            times, parts = _cycle_times(engine, prompt, ks, n_cycles, eager)
+            predraft = predraft_on(engine, eager)
+            times, parts, saved = _cycle_times(engine, prompt, ks, n_cycles, eager, predraft)
         log(f"{setup.label()}: {mode}, cycle ms T(k,m) = draft + verify + host"
             + (" (drafter's last decode in the verify round)" if eager else "") + ": "
             + ", ".join(f"({k},{m}) {1e3 * t:.2f} = {1e3 * parts[(k, m)][0]:.2f} + {1e3 * parts[(k, m)][1]:.2f} + "
                         f"{1e3 * (t - sum(parts[(k, m)])):.2f}" for (k, m), t in times.items()))
+        if saved:
+            log(f"{setup.label()}: {mode}, ms saved by a cycle that starts from its pre-draft, S(k): "
+                + ", ".join(f"k={k} {1e3 * s:.2f}" for k, s in saved.items()))
         rows = []
         for a in ACCEPTANCES:
-            tps, k = tokens_per_second(times, a)
+            tps, k = tokens_per_second(times, a, saved)
             rows.append({"acceptance": a, "tps": round(tps, 1), "k": k, "vs_alone": round(tps / alone, 3),
                          "vs_rast": round(tps / rast, 3)})
             log(f"{setup.label()}: {mode:38s} a={a:.1f} k={k}: {tps:7.1f} tok/s  {tps / alone:.2f} x alone  "
                 f"{tps / rast:.2f} x RAST  [forced acceptance: timing only]")
-        result["modes"][mode] = {"eager_draft": eager,
+        result["modes"][mode] = {"eager_draft": eager, "predraft": predraft,
+                                 "predraft_saved_ms": {str(k): round(1e3 * s, 3) for k, s in saved.items()},
                                  "cycle_ms": {f"{k},{m}": round(1e3 * t, 3) for (k, m), t in times.items()},
                                  "draft_verify_ms": {f"{k},{m}": [round(1e3 * d, 3), round(1e3 * v, 3)]
                                                      for (k, m), (d, v) in parts.items()},

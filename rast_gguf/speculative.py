@@ -23,9 +23,13 @@ acceptance rate a (accepted / (accepted + rejections), decayed per cycle, prior 
 n positions, both timed once when the engine first speculates (`calibrate`) and then followed by an
 exponential moving average of the cycles' own timings (with the drafter on a GPU its decode of the
 last draft runs inside the verify round, so a cycle costs k drafter decodes instead of k + 1, see
-`make_speculator`). On a GPU t_verify steps up past a few tokens, on a CPU it grows about
+`make_speculator`; with pre-drafting, a cycle that starts from the row the previous cycle's
+pre-draft left costs one decode less, counted at the running rate of such cycles). On a GPU t_verify steps up past a few tokens, on a CPU it grows about
 linearly; the rule follows whichever the machine shows. When k = 0 wins, every 8th cycle still
 drafts one token so that the acceptance estimate can recover.
+Pre-drafting (`DraftParams.predraft`, on with the eager drafter): in the verify round the drafter
+also decodes its own proposal for the token after the drafts, so when every draft and that
+proposal are accepted the next cycle's first drafter decode is already done (speculative.h).
 `--draft-p-min` (llama.cpp's rule) ends a draft early when the drafter's top probability falls
 below it; drafts shorter than `--draft-min` are dropped.
 """
@@ -55,7 +59,8 @@ class DraftParams:
     adaptive=False always asks for n_max drafts (benchmarks at fixed lengths, tests). eager: queue
     the drafter's decode of its last draft in the verify round (True), or decode it after the verify
     only when every draft was accepted (False); None (default): eager when the drafter is on a GPU
-    (`drafter_on_gpu`). The output is the same either way."""
+    (`drafter_on_gpu`). predraft: with eager, also decode the drafter's proposal for the token after
+    the drafts in the verify round; None (default): with eager. The output is the same either way."""
 
     source: str = "tuned"
     n_max: int = DEFAULT_DRAFT_MAX
@@ -63,6 +68,7 @@ class DraftParams:
     p_min: float = 0.0
     adaptive: bool = True
     eager: bool | None = None
+    predraft: bool | None = None
 
     def __post_init__(self):
         source = str(self.source)
@@ -95,6 +101,7 @@ class SpecStats:
     n_cycles: int = 0
     n_drafted: int = 0
     n_accepted: int = 0
+    n_carried: int = 0  # cycles that started from the previous cycle's pre-draft (a drafter decode saved)
 
     @property
     def acceptance_rate(self) -> float:
@@ -108,7 +115,8 @@ class SpecStats:
 
     def line(self) -> str:
         return (f"draft: {self.n_drafted} drafted, {self.n_accepted} accepted ({100 * self.acceptance_rate:.0f}%), "
-                f"{self.mean_accepted:.2f} accepted per cycle")
+                f"{self.mean_accepted:.2f} accepted per cycle"
+                + (f", {self.n_carried} cycles started from a pre-draft" if self.n_carried else ""))
 
 
 class DraftLength:
@@ -120,6 +128,7 @@ class DraftLength:
         self.t_draft = t_draft
         self.t_verify = dict(t_verify)
         self.accepted, self.rejected = 1.0, 1.0  # prior: a = 1/2
+        self.carried, self.cycles = 0.0, 1.0      # cycles that started from a pre-drafted row (prior: none)
         self.n_cycles = 0
 
     @property
@@ -135,7 +144,8 @@ class DraftLength:
         if n not in self.t_verify:  # not timed: the nearest timed length below (or above)
             below = [m for m in self.t_verify if m < n]
             n = max(below) if below else min(self.t_verify)
-        return (k if self.eager else k + 1) * self.t_draft + self.t_verify[n]
+        n_decodes = k - self.carried / self.cycles if self.eager else k + 1
+        return max(n_decodes, 0.0) * self.t_draft + self.t_verify[n]
 
     def choose(self, k_cap: int) -> int:
         """k for the next cycle, at most k_cap (room left in the context and in max_tokens)."""
@@ -149,11 +159,15 @@ class DraftLength:
             best = 1
         return best
 
-    def update(self, n_drafted: int, n_accepted: int, t_draft: float, t_verify: float) -> None:
+    def update(self, n_drafted: int, n_accepted: int, t_draft: float, t_verify: float, n_decodes: int,
+               carried: bool = False) -> None:
+        """After a cycle: its drafts and acceptances, its drafting and verifying seconds, the drafter
+        decodes those drafting seconds paid for, whether it started from a pre-drafted row."""
         self.n_cycles += 1
         self.accepted = _DECAY * self.accepted + n_accepted
         self.rejected = _DECAY * self.rejected + (1 if n_accepted < n_drafted else 0)
-        n_decodes = n_drafted if self.eager else n_drafted + 1
+        self.carried = _DECAY * self.carried + carried
+        self.cycles = _DECAY * self.cycles + 1
         if n_decodes:
             self.t_draft += _EMA * (t_draft / n_decodes - self.t_draft)
         n = n_drafted + 1
@@ -223,16 +237,24 @@ def eager_draft(engine) -> bool:
     return drafter_on_gpu(engine) if eager is None else bool(eager) and engine.draft.kind != "ngram"
 
 
-def make_speculator(engine, sampling, eager: bool | None = None) -> "_ext.Speculator":
+def predraft_on(engine, eager: bool) -> bool:
+    """DraftParams.predraft, or where None whether the drafter is eager."""
+    predraft = engine.draft.predraft
+    return eager if predraft is None else bool(predraft) and eager
+
+
+def make_speculator(engine, sampling, eager: bool | None = None, predraft: bool | None = None) -> "_ext.Speculator":
     """The C++ speculator over the engine's contexts; eager (None: `eager_draft`) queues the
-    drafter's last decode in the verify round (speculative.h)."""
+    drafter's last decode in the verify round, predraft (None: `predraft_on`) its proposal for the
+    token after the drafts too (speculative.h)."""
     pairs = [(p.alpha, tuned.address, base.address) for p, (tuned, base) in zip(engine.pairs, engine.pair_contexts)]
     kind = engine.draft.kind
     ctx_draft = engine.ctx_draft.address if kind == "model" else 0
     eager = eager_draft(engine) if eager is None else eager
+    predraft = predraft_on(engine, eager) if predraft is None else predraft
     return _ext.Speculator(engine.ctx_large.address, pairs, engine.n_shared, sampling.temp, sampling.top_k,
                            sampling.top_p, sampling.min_p, sampling.resolved_seed, sampling.order, kind, ctx_draft,
-                           min(engine.n_batch, engine.draft.n_max + 1), eager)
+                           min(engine.n_batch, engine.draft.n_max + 1), eager, predraft)
 
 
 def stream_speculative(engine, *, history: Sequence[int], max_tokens: int, sampling, steps, record_logits: bool = False,
@@ -267,16 +289,18 @@ def stream_speculative(engine, *, history: Sequence[int], max_tokens: int, sampl
             k_cap = min(engine.n_ctx - n_held - 1, max_tokens - n_yielded - 1)
             k = rule.choose(k_cap)
             try:
-                tokens, n_drafted, n_accepted, t_draft, t_verify = spec.cycle(k, p.p_min, p.n_min, *NGRAM_SIZES)
+                tokens, n_drafted, n_accepted, t_draft, t_verify, n_decodes, carried, _ = spec.cycle(
+                    k, p.p_min, p.n_min, *NGRAM_SIZES)
             except RuntimeError as e:
                 from rast_gguf.errors import DecodeError
 
                 raise DecodeError(f"speculative decoding failed: {e}") from e
             engine.n_past = spec.n_past
-            rule.update(n_drafted, n_accepted, t_draft, t_verify)
+            rule.update(n_drafted, n_accepted, t_draft, t_verify, n_decodes, carried)
             stats.n_cycles += 1
             stats.n_drafted += n_drafted
             stats.n_accepted += n_accepted
+            stats.n_carried += carried
             deltas = spec.delta_stats() if track_delta else None
             for j, token in enumerate(tokens):
                 pos = n_start + n_yielded + 1  # where this token would be decoded

@@ -122,10 +122,12 @@ def exact_table(t, prompt_tokens, alpha, n_tokens):
             m.close()
 
 
-def speculative_counts(t, alpha, drafter, n_runs, n_tokens, *, wrong_residual=False, n_max=2, eager=False):
+def speculative_counts(t, alpha, drafter, n_runs, n_tokens, *, wrong_residual=False, n_max=2, eager=False,
+                       stats=None):
     """How often each first token (or pair of first tokens) came out of n_runs seeded speculative runs
     from the same prompt; the cycle is called directly so a run costs one or two cycles. eager: the
-    drafter's last decode in the verify round (what a GPU runs)."""
+    drafter's last decode in the verify round, and its pre-draft (what a GPU runs). stats (a dict):
+    also counts the cycles that started from a pre-draft ("carried")."""
     draft = DraftParams(str(t.base) if drafter == "model" else drafter, n_max=n_max, adaptive=False, eager=eager)
     with RastEngine(t.large, [DeltaPair(str(t.tuned), str(t.base), alpha)], n_ctx=64, n_threads=1,
                     flash_attn="off", draft=draft) as engine:
@@ -140,10 +142,13 @@ def speculative_counts(t, alpha, drafter, n_runs, n_tokens, *, wrong_residual=Fa
                 engine.rewind(len(prompt) - 1)
                 spec.set_seed(run)  # the draws are keyed by (seed, position): a new seed per run
                 spec.start(prompt)
-                tokens, drafted, accepted, _, _ = spec.cycle(n_max, 0.0, 0, 1, 4)
+                tokens, drafted, accepted, *_ = spec.cycle(n_max, 0.0, 0, 1, 4)
                 n_drafted, n_accepted = n_drafted + drafted, n_accepted + accepted
                 if len(tokens) < n_tokens:
-                    tokens = tokens + spec.cycle(n_max, 0.0, 0, 1, 4)[0]
+                    more = spec.cycle(n_max, 0.0, 0, 1, 4)
+                    tokens = tokens + more[0]
+                    if stats is not None:
+                        stats["carried"] = stats.get("carried", 0) + more[6]
                 counts[tuple(tokens[:n_tokens])] += 1
         finally:
             spec.close()
@@ -160,6 +165,38 @@ def test_first_tokens_follow_rast_distribution(small_vocab_triple, drafter, n_to
     # both the accept branch and the residual branch ran many times
     assert n_drafted >= n_runs and 0.1 * n_drafted < n_accepted < 0.9 * n_drafted
     assert chi2_pvalue(counts.ravel(), table.ravel()) > 0.01
+
+
+@pytest.mark.parametrize("drafter", ["tuned", "model"])
+def test_tokens_after_a_predraft_follow_rast_distribution(small_vocab_triple, drafter):
+    """No drafts (k = 0): each cycle's one token is decided from the drafter's proposal, which the
+    eager drafter also decodes beside the verify; when the token is that proposal, the second cycle
+    starts from the row that decode left. The pairs of first tokens still follow RAST's."""
+    stats = {}
+    prompt, counts, _, _ = speculative_counts(small_vocab_triple, 1.0, drafter, 4000, 2, n_max=0, eager=True,
+                                              stats=stats)
+    assert 0.1 * 4000 < stats["carried"] < 0.9 * 4000  # both the carried and the fresh second cycle ran
+    assert chi2_pvalue(counts.ravel(), exact_table(small_vocab_triple, prompt, 1.0, 2).ravel()) > 0.01
+
+
+@pytest.mark.parametrize("drafter", ["tuned", "model"])
+def test_predrafting_changes_no_token(small_vocab_triple, drafter):
+    """Greedy and seeded sampling with the eager drafter, with and without its pre-draft: the same
+    tokens (every proposal and draw is keyed by its position, whatever decode produced the row), and
+    the pre-draft did save decodes."""
+    t = small_vocab_triple
+    outputs, carried = {}, {}
+    for predraft in (False, True):
+        draft = DraftParams(str(t.base) if drafter == "model" else drafter, n_max=3, eager=True, predraft=predraft)
+        with RastEngine(t.large, [DeltaPair(str(t.tuned), str(t.base), 1.0)], n_ctx=256, n_threads=2,
+                        flash_attn="off", draft=draft) as engine:
+            runs = [generate(engine, prompt, max_tokens=32, ignore_eos=True, sampling=sampling)
+                    for prompt in SYNTH_PROMPTS[:4]
+                    for sampling in (SamplingParams(temp=0), SamplingParams(temp=1.0, seed=17))]
+        outputs[predraft] = [r.tokens for r in runs]
+        carried[predraft] = sum(r.speculative.n_carried for r in runs)
+    assert outputs[True] == outputs[False]
+    assert carried[False] == 0 and carried[True] >= 10
 
 
 def test_wrong_residual_fails_the_distribution_test(small_vocab_triple):
@@ -348,23 +385,30 @@ def test_draft_length_follows_costs_and_acceptance():
     flat = {n: 1.0 for n in range(1, 10)}
     rule = DraftLength(params, 0.05, flat)
     for _ in range(40):
-        rule.update(8, 8, 0.05 * 9, 1.0)       # every draft accepted, verification costs the same at any length
+        rule.update(8, 8, 0.05 * 9, 1.0, 9)    # every draft accepted, verification costs the same at any length
     assert rule.choose(100) == 8
     assert rule.choose(3) == 3                  # room left caps it
     rule = DraftLength(params, 0.05, gpu_like)
     for _ in range(40):
-        rule.update(2, 1, 0.05 * 3, 1.05)      # half the drafts accepted
+        rule.update(2, 1, 0.05 * 3, 1.05, 3)   # half the drafts accepted
     assert rule.choose(100) == 2                # the verify cost steps up past 3 positions
     choices = []
     for _ in range(64):                         # nothing accepted any more
         k = rule.choose(100)
         choices.append(k)
-        rule.update(k, 0, 0.05 * (k + 1), gpu_like[k + 1])
+        rule.update(k, 0, 0.05 * (k + 1), gpu_like[k + 1], k + 1)
     assert choices[-16:].count(0) >= 12 and 1 in choices[-16:]  # plain steps, and a probe now and then
     eager = DraftLength(params, 0.05, flat, eager=True)   # the drafter's last decode inside the verify round
     assert eager.cost(0) == flat[1] and eager.cost(3) == 3 * 0.05 + flat[4]
-    eager.update(3, 3, 0.3, 1.0)                          # 3 drafter decodes of 0.1 s
+    eager.update(3, 3, 0.3, 1.0, 3)                       # 3 drafter decodes of 0.1 s
     assert eager.t_draft == pytest.approx(0.05 + 0.2 * (0.1 - 0.05))
+    t_draft = eager.t_draft
+    for _ in range(200):                                  # every cycle starts from a pre-drafted row
+        eager.update(3, 3, 0.2, 1.0, 2, carried=True)     # 2 drafter decodes of 0.1 s
+    assert eager.carried / eager.cycles == pytest.approx(1.0, abs=0.01)
+    assert eager.t_draft == pytest.approx(0.1, abs=1e-3) and t_draft < eager.t_draft
+    assert eager.cost(3) == pytest.approx(2 * eager.t_draft + flat[4], rel=0.01)  # one decode fewer
+    assert eager.cost(0) == flat[1]                       # never less than no decode
 
 
 def test_bad_draft_settings_are_one_line_errors(triple, tmp_path):
@@ -393,3 +437,25 @@ def test_rast_generate_with_draft_prints_the_same_completion_and_the_stats(tripl
     bad = rast_cli(*args, "--draft", "no-such-drafter.gguf")
     assert bad.returncode == 1 and "--draft" in bad.stderr and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) <= 2
+
+
+def test_cycle_timing_forces_predraft_hits_and_counts_their_saving(small_vocab_triple):
+    """`rast bench --speculative`'s cycle timer with the eager drafter: forced pre-draft hits do carry
+    into the next cycle (the timer asserts it), every (k, m) and S(k) are timed; the expected speed
+    subtracts a^(k+1) S(k) from the expected cycle time (checked by hand)."""
+    from rast_gguf.bench_spec import _cycle_times, tokens_per_second
+
+    t = small_vocab_triple
+    draft = DraftParams("tuned", n_max=2, adaptive=False, eager=True)
+    with RastEngine(t.large, [DeltaPair(str(t.tuned), str(t.base), 1.0)], n_ctx=96, n_threads=2,
+                    draft=draft) as engine:
+        prompt = engine.tokenize(PROMPT)
+        engine.feed(prompt[:-1])
+        times, parts, saved = _cycle_times(engine, prompt, (1, 2), 3, True, True)
+    assert set(times) == set(parts) == {(1, 0), (1, 1), (2, 0), (2, 1), (2, 2)} and set(saved) == {1, 2}
+    assert all(t > 0 for t in times.values())
+    flat = {(k, m): 0.010 for k in (1, 2) for m in range(k + 1)}
+    a = 0.7
+    tps, k = tokens_per_second(flat, a, {1: 0.006, 2: 0.0})  # k = 1: 1.7 tokens in 10 - 0.49 x 6 ms
+    assert k == 1 and tps == pytest.approx((1 + a) / (0.010 - a ** 2 * 0.006))
+    assert tokens_per_second(flat, a)[0] == pytest.approx((1 + a + a * a) / 0.010)  # no saving: k = 2 wins
