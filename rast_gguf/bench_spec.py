@@ -103,12 +103,16 @@ def cycle_bench(setup: BenchSetup, ks=DRAFT_LENGTHS, n_cycles: int = 5, log=prin
     n_ctx = setup.n_prompt + 512
     rng = random.Random(0)
     result = {"config": setup.label(), "alone_tps": alone, "rast_tps": rast, "modes": {}}
+    rast_pairs = [DeltaPair(str(tuned), str(base), setup.alpha, setup.n_gpu_layers_small)]
     for mode, pairs, draft in (
-            ("speculative RAST (tuned drafts)", [DeltaPair(str(tuned), str(base), setup.alpha, setup.n_gpu_layers_small)],
-             DraftParams("tuned", n_max=max(ks), adaptive=False)),
+            ("speculative RAST (tuned drafts)", rast_pairs, DraftParams("tuned", n_max=max(ks), adaptive=False)),
+            ("speculative RAST, no pre-draft", rast_pairs,
+             DraftParams("tuned", n_max=max(ks), adaptive=False, predraft=False)),
             ("large + small base drafter (no delta)", [], DraftParams(str(base), n_max=max(ks), adaptive=False))):
         with RastEngine(large, pairs, n_ctx=n_ctx, n_batch=min(512, setup.n_prompt), n_threads=setup.n_threads,
                         n_gpu_layers=setup.n_gpu_layers, draft=draft) as engine:
+            if draft.predraft is False and not eager_draft(engine):
+                continue  # without the eager drafter there is no pre-draft to leave out: the first mode already is this
             low = min(1000, engine.n_shared // 4)
             prompt = [rng.randrange(low, engine.n_shared - low) for _ in range(setup.n_prompt)]
             engine.feed(prompt[:-1])
