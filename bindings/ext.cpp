@@ -46,9 +46,11 @@ struct SamplerChain {
     llama_sampler * probe     = nullptr; // owned by chain
     int32_t         n_vocab   = 0;
     bool            greedy    = false;
-    std::vector<int32_t> excluded_ids;       // for the greedy fast path
+    int32_t         fast_top_k = 0;          // > 0: sampled rows start from the top-k ids picked in one pass
+    std::vector<int32_t> excluded_ids;       // for the fast paths
     std::vector<const float *> pair_logits;  // scratch: tuned/base rows of every pair
     std::vector<float> alphas;               // scratch
+    std::vector<llama_token_data> candidates;  // scratch of the sampled fast path
     bool             track_delta = false;
     rast_delta_stats last_delta  = {-1, 0.0f, 0.0f};
 
@@ -75,6 +77,8 @@ struct SamplerChain {
         excluded.resize(n_shared);
         excluded_ids = rast_excluded_ids(excluded);
         greedy = temp <= 0.0f;
+        // top-k is the first truncation link in either order: its k ids are all the chain can keep
+        fast_top_k = !greedy && top_k > 0 && (int64_t) top_k * 4 <= n_shared ? top_k : 0;
 
         llama_sampler_chain_params params = llama_sampler_chain_default_params();
         params.no_perf = true;
@@ -145,9 +149,7 @@ struct SamplerChain {
         check_open();
         check_output_rows(idx);
         auto * delta_ctx = rast_delta_get_ctx(delta);
-        if (greedy && !track_delta && !rast_probe_get_ctx(probe)->enabled) {
-            // the chain would build an n_vocab candidate array, add the delta and take its argmax:
-            // one pass over the logits chooses the same id (greedy, delta and probe keep no state)
+        if ((greedy || fast_top_k > 0) && !track_delta && !rast_probe_get_ctx(probe)->enabled) {
             pair_logits.clear();
             alphas.clear();
             for (const auto & p : delta_ctx->pairs) {
@@ -156,9 +158,28 @@ struct SamplerChain {
                 alphas.push_back(p.alpha);
             }
             const float * large = llama_get_logits_ith(ctx_large, idx);
-            const rast_greedy_choice choice = rast_greedy_argmax(large, pair_logits.data(), alphas.data(), alphas.size(),
-                                                                 delta_ctx->n_shared, excluded_ids);
-            return choice.token < 0 ? 0 : choice.token;  // nothing finite: greedy takes the first candidate
+            if (greedy) {
+                // the chain would build an n_vocab candidate array, add the delta and take its argmax:
+                // one pass over the logits chooses the same id (greedy, delta and probe keep no state)
+                const rast_greedy_choice choice = rast_greedy_argmax(large, pair_logits.data(), alphas.data(),
+                                                                     alphas.size(), delta_ctx->n_shared, excluded_ids);
+                return choice.token < 0 ? 0 : choice.token;  // nothing finite: greedy takes the first candidate
+            }
+            // sampled with top-k: the chain's links after the delta run on the k ids of largest
+            // combined logit (what its top-k keeps of the full array), then the chain accepts the
+            // token as llama_sampler_sample would
+            rast_top_k_combined(large, pair_logits.data(), alphas.data(), alphas.size(), delta_ctx->n_shared,
+                                excluded_ids, fast_top_k, candidates);
+            llama_token_data_array cur_p = {candidates.data(), candidates.size(), -1, false};
+            for (int32_t i = 1; i < llama_sampler_chain_n(chain); ++i) {  // link 0 is the delta, already added
+                llama_sampler_apply(llama_sampler_chain_get(chain, i), &cur_p);
+            }
+            if (cur_p.selected < 0 || (size_t) cur_p.selected >= cur_p.size) {
+                throw std::runtime_error("llama.cpp's sampler selected no candidate");
+            }
+            const llama_token token = cur_p.data[cur_p.selected].id;
+            llama_sampler_accept(chain, token);
+            return token;
         }
         delta_ctx->output_index = idx;
         delta_ctx->missing_rows = false;

@@ -16,6 +16,8 @@ do (`Speculator.set_forced_hit`) gives S(k), what starting from a pre-drafted ro
 acceptance a a cycle ends on its pre-draft with probability a^(k + 1) (all k drafts and the
 proposal after them accepted), so E[T] drops by a^(k + 1) S(k).
 
+`toy_cycle_bench()`: the same forced-acceptance timing on the shipped toy triple (its own
+vocabulary and trained weights), the large model alone and RAST timed over the same positions.
 `toy_acceptance()`: the real thing on the shipped toy triple: acceptance and end-to-end tokens/s of
 speculative vs plain RAST (greedy) per alpha, over the same prompts.
 """
@@ -99,39 +101,54 @@ def cycle_bench(setup: BenchSetup, ks=DRAFT_LENGTHS, n_cycles: int = 5, log=prin
     log(f"models ready: {', '.join(p.name for p in paths)}")
     runs = {mode: bench_engine(setup, mode, paths) for mode in ("alone", "sequential")}
     alone, rast = runs["alone"]["tg_tps"], runs["sequential"]["tg_tps"]
-    log(f"{setup.label()}: large alone {alone:.1f} tok/s, RAST {rast:.1f} tok/s")
-    n_ctx = setup.n_prompt + 512
     rng = random.Random(0)
-    result = {"config": setup.label(), "alone_tps": alone, "rast_tps": rast, "modes": {}}
-    rast_pairs = [DeltaPair(str(tuned), str(base), setup.alpha, setup.n_gpu_layers_small)]
+
+    def prompt(engine):
+        low = min(1000, engine.n_shared // 4)
+        return [rng.randrange(low, engine.n_shared - low) for _ in range(setup.n_prompt)]
+
+    return forced_acceptance(setup.label(), paths, DeltaPair(str(tuned), str(base), setup.alpha, setup.n_gpu_layers_small),
+                             alone, rast, prompt, ks, n_cycles, log=log, n_ctx=setup.n_prompt + 512,
+                             n_batch=min(512, setup.n_prompt), n_threads=setup.n_threads,
+                             n_gpu_layers=setup.n_gpu_layers)
+
+
+def forced_acceptance(label: str, paths, pair: DeltaPair, alone: float, rast: float, prompt, ks, n_cycles: int,
+                      log=print, **engine_kwargs) -> dict:
+    """Cycle times at forced accepted lengths and tokens/s per acceptance, for speculative RAST (with
+    and, where it applies, without the pre-draft) and for the large model drafted by the small base
+    model alone, beside `alone` and `rast` (tokens/s measured by the caller at the same positions).
+    paths: (large, tuned, base); prompt(engine): the prompt's token ids; engine_kwargs: RastEngine's."""
+    large, _, base = paths
+    ks = tuple(ks)
+    log(f"{label}: large alone {alone:.1f} tok/s, RAST {rast:.1f} tok/s")
+    result = {"config": label, "alone_tps": alone, "rast_tps": rast, "modes": {}}
     for mode, pairs, draft in (
-            ("speculative RAST (tuned drafts)", rast_pairs, DraftParams("tuned", n_max=max(ks), adaptive=False)),
-            ("speculative RAST, no pre-draft", rast_pairs,
+            ("speculative RAST (tuned drafts)", [pair], DraftParams("tuned", n_max=max(ks), adaptive=False)),
+            ("speculative RAST, no pre-draft", [pair],
              DraftParams("tuned", n_max=max(ks), adaptive=False, predraft=False)),
             ("large + small base drafter (no delta)", [], DraftParams(str(base), n_max=max(ks), adaptive=False))):
-        with RastEngine(large, pairs, n_ctx=n_ctx, n_batch=min(512, setup.n_prompt), n_threads=setup.n_threads,
-                        n_gpu_layers=setup.n_gpu_layers, draft=draft) as engine:
+        with RastEngine(large, pairs, draft=draft, **engine_kwargs) as engine:
             if draft.predraft is False and not eager_draft(engine):
                 continue  # without the eager drafter there is no pre-draft to leave out: the first mode already is this
-            low = min(1000, engine.n_shared // 4)
-            prompt = [rng.randrange(low, engine.n_shared - low) for _ in range(setup.n_prompt)]
-            engine.feed(prompt[:-1])
+            tokens = prompt(engine)
+            engine.feed(tokens[:-1])
             eager = eager_draft(engine)
             predraft = predraft_on(engine, eager)
-            times, parts, saved = _cycle_times(engine, prompt, ks, n_cycles, eager, predraft)
-        log(f"{setup.label()}: {mode}, cycle ms T(k,m) = draft + verify + host"
+            times, parts, saved = _cycle_times(engine, tokens, ks, n_cycles, eager, predraft)
+        log(f"{label}: {mode}, cycle ms T(k,m) = draft + verify + host"
             + (" (drafter's last decode in the verify round)" if eager else "") + ": "
             + ", ".join(f"({k},{m}) {1e3 * t:.2f} = {1e3 * parts[(k, m)][0]:.2f} + {1e3 * parts[(k, m)][1]:.2f} + "
                         f"{1e3 * (t - sum(parts[(k, m)])):.2f}" for (k, m), t in times.items()))
         if saved:
-            log(f"{setup.label()}: {mode}, ms saved by a cycle that starts from its pre-draft, S(k): "
+            log(f"{label}: {mode}, ms saved by a cycle that starts from its pre-draft, S(k): "
                 + ", ".join(f"k={k} {1e3 * s:.2f}" for k, s in saved.items()))
         rows = []
         for a in ACCEPTANCES:
             tps, k = tokens_per_second(times, a, saved)
             rows.append({"acceptance": a, "tps": round(tps, 1), "k": k, "vs_alone": round(tps / alone, 3),
                          "vs_rast": round(tps / rast, 3)})
-            log(f"{setup.label()}: {mode:38s} a={a:.1f} k={k}: {tps:7.1f} tok/s  {tps / alone:.2f} x alone  "
+            log(f"{label}: {mode:38s} a={a:.1f} k={k}: {tps:7.1f} tok/s  {tps / alone:.2f} x alone  "
                 f"{tps / rast:.2f} x RAST  [forced acceptance: timing only]")
         result["modes"][mode] = {"eager_draft": eager, "predraft": predraft,
                                  "predraft_saved_ms": {str(k): round(1e3 * s, 3) for k, s in saved.items()},
@@ -140,6 +157,30 @@ def cycle_bench(setup: BenchSetup, ks=DRAFT_LENGTHS, n_cycles: int = 5, log=prin
                                                      for (k, m), (d, v) in parts.items()},
                                  "by_acceptance": rows}
     return result
+
+
+def toy_cycle_bench(ks=DRAFT_LENGTHS, n_cycles: int = 5, n_prompt: int = 64, n_gen: int = 128, alpha: float = 1.0,
+                    n_repeat: int = 3, n_threads: int | None = None, n_gpu_layers: int = -1, log=print) -> dict:
+    """`forced_acceptance` on the shipped toy triple (trained weights, its own small vocabulary; the
+    CPU-sized case of the issue): the large model alone and RAST are timed over the same positions
+    as the cycles (a prompt of toy problems, then n_gen greedy tokens; the cycles restart there
+    when the context fills)."""
+    from rast_gguf.bench import _timed_run
+    from rast_gguf.defaults import default_triple
+    from rast_gguf.toy_task import problems
+
+    large, base, tuned = default_triple()
+    pair = DeltaPair(str(tuned), str(base), alpha, n_gpu_layers)
+    kwargs = dict(n_ctx=n_prompt + n_gen + 16, n_threads=n_threads, n_gpu_layers=n_gpu_layers)
+    tps = {}
+    for mode, pairs in (("alone", []), ("rast", [pair])):
+        with RastEngine(large, pairs, **kwargs) as engine:
+            text = "".join(p.prompt for p in problems(0, 64, held_out=True))
+            tokens = engine.tokenize(text)[:n_prompt]
+            _timed_run(engine, tokens[:16], 8)  # warm-up
+            tps[mode] = max(_timed_run(engine, tokens, n_gen)[1] for _ in range(n_repeat))
+    return forced_acceptance("toy triple (CPU-sized, trained)", (large, tuned, base), pair, tps["alone"], tps["rast"],
+                             lambda engine: tokens, ks, n_cycles, log=log, **kwargs)
 
 
 def toy_acceptance(alphas=(0.5, 1.0, 2.0), n_prompts: int = 8, max_tokens: int = 64, n_threads: int | None = None,

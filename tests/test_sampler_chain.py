@@ -31,6 +31,34 @@ def test_delta_is_the_first_link_of_a_llama_cpp_chain(triple):
         assert chain_names(engine, temp=0) == ["rast-delta", "rast-probe", "greedy"]
 
 
+@pytest.mark.parametrize("sampling", [SamplingParams(temp=0.8, seed=3),  # the defaults: top-k 40, top-p, min-p
+                                      SamplingParams(temp=1.3, top_k=20, top_p=1.0, min_p=0.0, seed=4),
+                                      SamplingParams(temp=0.7, top_k=50, top_p=0.9, min_p=0.02, seed=5,
+                                                     order="reference")],
+                         ids=["defaults", "top-k only", "reference order"])
+def test_sampled_rows_with_top_k_choose_what_the_whole_chain_chooses(triple, sampling):
+    """With top-k on, a plain sample() starts from the k ids of largest combined logit picked in one
+    pass; recording the final logits takes llama.cpp's chain over the full candidate array instead.
+    Same seed, same rows: the same token at every step (and the draws do vary)."""
+    with RastEngine(triple.large, [DeltaPair(str(triple.tuned), str(triple.base), 1.5, N_GPU_LAYERS),
+                                   DeltaPair(str(triple.base), str(triple.tuned), -0.25, N_GPU_LAYERS)],
+                    n_ctx=128, n_threads=2, n_gpu_layers=N_GPU_LAYERS) as engine:
+        engine.feed(engine.tokenize("Once upon a time"))
+        fast, full = engine.sampler(sampling), engine.sampler(sampling)
+        full.set_record(True)
+        tokens = []
+        try:
+            for _ in range(48):
+                token = fast.sample(-1)
+                assert full.sample(-1) == token, len(tokens)
+                tokens.append(token)
+                engine.feed([token])
+        finally:
+            fast.close()
+            full.close()
+    assert len(set(tokens)) > 8
+
+
 def numpy_top_p(logits, p):
     """ids kept by top-p on softmax(logits): the most probable ones until their mass reaches p."""
     probs = np.exp(logits - logits.max())

@@ -459,3 +459,22 @@ def test_cycle_timing_forces_predraft_hits_and_counts_their_saving(small_vocab_t
     tps, k = tokens_per_second(flat, a, {1: 0.006, 2: 0.0})  # k = 1: 1.7 tokens in 10 - 0.49 x 6 ms
     assert k == 1 and tps == pytest.approx((1 + a) / (0.010 - a ** 2 * 0.006))
     assert tokens_per_second(flat, a)[0] == pytest.approx((1 + a + a * a) / 0.010)  # no saving: k = 2 wins
+
+
+def test_toy_cycle_bench_reports_every_acceptance_beside_alone_and_rast():
+    """`rast bench --speculative`'s forced-acceptance rows on the toy triple: alone and RAST measured,
+    a row per acceptance for each mode whose ratios are its tokens/s over those two."""
+    from rast_gguf.bench_spec import ACCEPTANCES, toy_cycle_bench
+
+    result = toy_cycle_bench(ks=(1, 2), n_cycles=2, n_prompt=24, n_gen=24, n_repeat=1, n_threads=1, n_gpu_layers=0,
+                             log=lambda line: None)
+    assert result["alone_tps"] > 0 and result["rast_tps"] > 0
+    assert "speculative RAST (tuned drafts)" in result["modes"]
+    assert "speculative RAST, no pre-draft" not in result["modes"]  # a CPU drafter is not eager: nothing to leave out
+    for mode in result["modes"].values():
+        assert set(mode["cycle_ms"]) == {"1,0", "1,1", "2,0", "2,1", "2,2"}
+        assert [r["acceptance"] for r in mode["by_acceptance"]] == list(ACCEPTANCES)
+        for r in mode["by_acceptance"]:
+            assert r["k"] in (1, 2)
+            assert r["vs_alone"] == pytest.approx(r["tps"] / result["alone_tps"], rel=0.01)
+            assert r["vs_rast"] == pytest.approx(r["tps"] / result["rast_tps"], rel=0.01)

@@ -31,7 +31,7 @@ def bench_command(
     from_json: Annotated[Optional[list[Path]], typer.Option("--from-json", help="Run nothing: merge the results of earlier --json files (repeat) into one table, JSON and plot.")] = None,
     threads: o.Threads = None, flash_attn: o.FlashAttn = o.FLASH_ATTN, verbose: o.Verbose = False,
     rpc: o.Rpc = None,
-    speculative: Annotated[bool, typer.Option("--speculative", help="Also time speculative RAST: cycles at fixed accepted lengths on the synthetic models (tok/s per acceptance, beside the large model alone and RAST) and the real acceptance and speedup on the toy triple.")] = False,
+    speculative: Annotated[bool, typer.Option("--speculative", help="Also time speculative RAST: cycles at fixed accepted lengths on the synthetic models and on the toy triple (tok/s per acceptance, beside the large model alone and RAST) and the real acceptance and speedup on the toy triple.")] = False,
     draft_lengths: Annotated[str, typer.Option("--draft-lengths", help="With --speculative: draft lengths k to time (comma-separated).")] = "1,2,3,4,6,8",
 ) -> None:
     """Time prompt processing and generation against the plain llama.cpp loop: large alone and RAST, batch 1 and --parallel B."""
@@ -75,9 +75,11 @@ def bench_command(
         if json_out:  # after every configuration, so a cut-off run keeps what it measured
             json_out.write_text(json.dumps(results, indent=2))
     if speculative:
-        from rast_gguf.bench_spec import toy_acceptance
+        from rast_gguf.bench_spec import toy_acceptance, toy_cycle_bench
 
         results.append({"toy_triple": toy_acceptance(n_threads=threads)})
+        results.append({"speculative": toy_cycle_bench(ks=tuple(int(k) for k in draft_lengths.split(",") if k.strip()),
+                                                       n_threads=threads, n_gpu_layers=n_gpu_layers)})
         if json_out:
             json_out.write_text(json.dumps(results, indent=2))
         print(format_speculative(results))
