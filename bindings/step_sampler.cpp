@@ -318,6 +318,22 @@ template <typename T> static std::pair<T *, nb::capsule> owned(size_t n) {
     return {data, nb::capsule(data, [](void * p) noexcept { delete[] (T *) p; })};
 }
 
+// The test hooks' rows, checked (a tuned and a base row per alpha, all at least n_shared wide);
+// excluded_ids sorted in place.
+static std::vector<const float *> hook_rows(const Row & large, const std::vector<Row> & pair_rows,
+                                            const std::vector<float> & alphas, int32_t n_shared,
+                                            std::vector<int32_t> & excluded_ids) {
+    if (pair_rows.size() != 2 * alphas.size()) throw std::invalid_argument("give tuned and base per alpha");
+    std::vector<const float *> rows;
+    for (const auto & r : pair_rows) {
+        if (r.shape(0) < (size_t) n_shared) throw std::invalid_argument("a row is shorter than n_shared");
+        rows.push_back(r.data());
+    }
+    if (large.shape(0) < (size_t) n_shared) throw std::invalid_argument("a row is shorter than n_shared");
+    std::sort(excluded_ids.begin(), excluded_ids.end());
+    return rows;
+}
+
 static llama_context * ctx_from(uintptr_t addr) {
     if (addr == 0) throw std::invalid_argument("null llama handle");
     return reinterpret_cast<llama_context *>(addr);
@@ -420,14 +436,7 @@ void rast_register_step_sampler(nb::module_ & m) {
     m.def("_greedy_argmax_check",
           [](Row large, std::vector<Row> pair_rows, std::vector<float> alphas, int32_t n_shared,
              std::vector<int32_t> excluded_ids) {
-              if (pair_rows.size() != 2 * alphas.size()) throw std::invalid_argument("give tuned and base per alpha");
-              std::vector<const float *> rows;
-              for (auto & r : pair_rows) {
-                  if (r.shape(0) < (size_t) n_shared) throw std::invalid_argument("a row is shorter than n_shared");
-                  rows.push_back(r.data());
-              }
-              if (large.shape(0) < (size_t) n_shared) throw std::invalid_argument("a row is shorter than n_shared");
-              std::sort(excluded_ids.begin(), excluded_ids.end());
+              const std::vector<const float *> rows = hook_rows(large, pair_rows, alphas, n_shared, excluded_ids);
               const rast_greedy_choice c = rast_greedy_argmax(large.data(), rows.data(), alphas.data(), alphas.size(),
                                                               n_shared, excluded_ids);
               return std::make_pair(c.token, c.large_top);
@@ -438,15 +447,8 @@ void rast_register_step_sampler(nb::module_ & m) {
     m.def("_top_k_combined_check",
           [](Row large, std::vector<Row> pair_rows, std::vector<float> alphas, int32_t n_shared,
              std::vector<int32_t> excluded_ids, int32_t k) {
-              if (pair_rows.size() != 2 * alphas.size()) throw std::invalid_argument("give tuned and base per alpha");
               if (k < 1) throw std::invalid_argument("k must be >= 1");
-              std::vector<const float *> rows;
-              for (auto & r : pair_rows) {
-                  if (r.shape(0) < (size_t) n_shared) throw std::invalid_argument("a row is shorter than n_shared");
-                  rows.push_back(r.data());
-              }
-              if (large.shape(0) < (size_t) n_shared) throw std::invalid_argument("a row is shorter than n_shared");
-              std::sort(excluded_ids.begin(), excluded_ids.end());
+              const std::vector<const float *> rows = hook_rows(large, pair_rows, alphas, n_shared, excluded_ids);
               std::vector<llama_token_data> kept;
               const int32_t large_top = rast_top_k_combined(large.data(), rows.data(), alphas.data(), alphas.size(),
                                                             n_shared, excluded_ids, k, kept);

@@ -24,8 +24,9 @@ n positions, both timed once when the engine first speculates (`calibrate`) and 
 exponential moving average of the cycles' own timings (with the drafter on a GPU its decode of the
 last draft runs inside the verify round, so a cycle costs k drafter decodes instead of k + 1, see
 `make_speculator`; with pre-drafting, a cycle that starts from the row the previous cycle's
-pre-draft left costs one decode less, counted at the running rate of such cycles). On a GPU t_verify steps up past a few tokens, on a CPU it grows about
-linearly; the rule follows whichever the machine shows. When k = 0 wins, every 8th cycle still
+pre-draft left costs one decode less, counted at the running rate of such cycles). On a GPU
+t_verify steps up past a few tokens, on a CPU it grows about linearly; the rule follows whichever
+the machine shows. When k = 0 wins, every 8th cycle still
 drafts one token so that the acceptance estimate can recover.
 Pre-drafting (`DraftParams.predraft`, on with the eager drafter): in the verify round the drafter
 also decodes its own proposal for the token after the drafts, so when every draft and that
