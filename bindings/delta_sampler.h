@@ -63,6 +63,12 @@ int32_t rast_top_k_combined(const float * large, const float * const * pair_logi
                             size_t n_pairs, int32_t n_shared, const std::vector<int32_t> & excluded_ids, int32_t k,
                             std::vector<llama_token_data> & out);
 
+// top_k when picking the top-k ids in one pass (rast_top_k_combined) pays: top-k on and at most a
+// quarter of n_shared (above, a full candidate array is as cheap); else 0.
+inline int32_t rast_one_pass_top_k(int32_t top_k, int32_t n_shared) {
+    return top_k > 0 && (int64_t) top_k * 4 <= n_shared ? top_k : 0;
+}
+
 // The largest of z[0..m) that is not NaN (-inf if none), as `if (z[j] > best) best = z[j]` finds it (SSE2 where there is).
 float rast_block_max(const float * z, int32_t m);
 

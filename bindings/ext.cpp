@@ -78,7 +78,7 @@ struct SamplerChain {
         excluded_ids = rast_excluded_ids(excluded);
         greedy = temp <= 0.0f;
         // top-k is the first truncation link in either order: its k ids are all the chain can keep
-        fast_top_k = !greedy && top_k > 0 && (int64_t) top_k * 4 <= n_shared ? top_k : 0;
+        fast_top_k = greedy ? 0 : rast_one_pass_top_k(top_k, n_shared);
 
         llama_sampler_chain_params params = llama_sampler_chain_default_params();
         params.no_perf = true;

@@ -191,6 +191,9 @@ rast_speculator::rast_speculator(llama_context * ctx_large, std::vector<rast_pai
     if (kind_ == RAST_DRAFT_TUNED && pairs_.empty()) throw std::invalid_argument("drafting with the tuned model needs a pair");
     if (kind_ == RAST_DRAFT_MODEL && !ctx_draft_) throw std::invalid_argument("no drafter context");
     if (kind_ == RAST_DRAFT_TUNED) ctx_draft_ = pairs_[0].ctx_tuned;
+    if (ctx_draft_) {  // the ids of a drafter row that RAST reads
+        n_draft_read_ = std::min(n_shared_, llama_vocab_n_tokens(llama_model_get_vocab(llama_get_model(ctx_draft_))));
+    }
     if (kind_ == RAST_DRAFT_NGRAM) eager_draft_ = false;
     predraft_ = predraft_ && eager_draft_;  // only where the drafter runs beside the verify
     keep_rows_ = kind_ == RAST_DRAFT_TUNED || settings_.temp > 0.0f;
@@ -227,10 +230,30 @@ void rast_speculator::start(const std::vector<llama_token> & history) {
     carry_ = false;
 }
 
+static void batch_set(llama_batch & b, int32_t i, llama_token token, llama_pos pos, bool logits) {
+    b.token[i] = token;
+    b.pos[i] = pos;
+    b.n_seq_id[i] = 1;
+    b.seq_id[i][0] = 0;
+    b.logits[i] = logits;
+}
+
 void rast_speculator::decode_drafter(llama_batch & batch) {
     decode(ctx_draft_, batch);
     ++n_draft_decodes_;
     logits_pos_ = batch.pos[batch.n_tokens - 1];
+}
+
+void rast_speculator::queue_drafter_token(llama_token token, llama_pos pos) {
+    batch_one_.n_tokens = 1;
+    batch_set(batch_one_, 0, token, pos, true);
+    decode(ctx_draft_, batch_one_);
+    logits_pos_ = pos;
+}
+
+void rast_speculator::keep_drafter_row(int32_t i, const float * row) {
+    std::memcpy(rows_.data() + (size_t) i * n_vocab_, row, sizeof(float) * n_draft_read_);
+    n_rows_ = i + 1;
 }
 
 int32_t rast_speculator::decode(llama_context * ctx, llama_batch & batch) {
@@ -240,14 +263,6 @@ int32_t rast_speculator::decode(llama_context * ctx, llama_batch & batch) {
                                          : "llama_decode failed (code " + std::to_string(rc) + ")");
     }
     return rc;
-}
-
-static void batch_set(llama_batch & b, int32_t i, llama_token token, llama_pos pos, bool logits) {
-    b.token[i] = token;
-    b.pos[i] = pos;
-    b.n_seq_id[i] = 1;
-    b.seq_id[i][0] = 0;
-    b.logits[i] = logits;
 }
 
 // The drafter's choice from its logits row j (the draft for position n + 1 + j); false when its top
@@ -317,12 +332,10 @@ int32_t rast_speculator::draft_with_model(llama_context * ctx, int32_t k_max, fl
         pending_row_ = 0;
         return 0;
     }
-    const int32_t n_read = std::min(n_shared_, llama_vocab_n_tokens(llama_model_get_vocab(llama_get_model(ctx))));
     for (int32_t j = 0;; ++j) {
         const float * row = llama_get_logits_ith(ctx, -1);
         if (keep_rows) {
-            std::memcpy(rows_.data() + (size_t) j * n_vocab_, row, sizeof(float) * n_read);
-            n_rows_ = j + 1;
+            keep_drafter_row(j, row);
         }
         if (j >= k_max) break;
         llama_token d;
@@ -383,9 +396,7 @@ const float * rast_speculator::drafter_row(int32_t i) {
     batch_.n_tokens = 1;
     batch_set(batch_, 0, drafts_[k - 1], (llama_pos) history_.size() + k, true);
     decode_drafter(batch_);
-    const int32_t n_read = std::min(n_shared_, llama_vocab_n_tokens(llama_model_get_vocab(llama_get_model(ctx_draft_))));
-    std::memcpy(rows_.data() + (size_t) i * n_vocab_, llama_get_logits_ith(ctx_draft_, -1), sizeof(float) * n_read);
-    n_rows_ = i + 1;
+    keep_drafter_row(i, llama_get_logits_ith(ctx_draft_, -1));
     lazy_seconds_ += seconds_since(t0);
     return rows_.data() + (size_t) i * n_vocab_;
 }
@@ -460,11 +471,7 @@ void rast_speculator::predraft(int32_t n, int32_t k) {
     const float * row = nullptr;
     if (logits_pos_ == n + k) {
         row = llama_get_logits_ith(ctx_draft_, -1);  // waits for the drafter's stream only
-        if (keep_rows_ && n_rows_ == k) {            // row k stays readable after the next decode
-            const int32_t n_read = std::min(n_shared_, llama_vocab_n_tokens(llama_model_get_vocab(llama_get_model(ctx_draft_))));
-            std::memcpy(rows_.data() + (size_t) k * n_vocab_, row, sizeof(float) * n_read);
-            n_rows_ = k + 1;
-        }
+        if (keep_rows_ && n_rows_ == k) keep_drafter_row(k, row);  // row k stays readable after the next decode
     } else if (k < n_rows_) {
         row = rows_.data() + (size_t) k * n_vocab_;
     }
@@ -472,10 +479,7 @@ void rast_speculator::predraft(int32_t n, int32_t k) {
     llama_token d;
     next_draft(row, k, 0.0f, &d);
     if (logits_pos_ > n + k) llama_memory_seq_rm(llama_get_memory(ctx_draft_), 0, n + k + 1, -1);  // dropped drafts
-    batch_one_.n_tokens = 1;
-    batch_set(batch_one_, 0, d, n + k + 1, true);
-    decode(ctx_draft_, batch_one_);
-    logits_pos_ = n + k + 1;
+    queue_drafter_token(d, n + k + 1);
     ahead_token_ = d;
 }
 
@@ -520,10 +524,7 @@ rast_cycle_result rast_speculator::cycle(int32_t k_max, float p_min, int32_t n_m
     for (int32_t j = 0; j < k; ++j) batch_set(batch_, j + 1, drafts_[j], n + j + 1, true);
     for (auto * ctx : verifiers_) decode(ctx, batch_);  // the large model's first
     if (pending_row_ >= 0) {
-        batch_one_.n_tokens = 1;
-        batch_set(batch_one_, 0, pending_token_, n + pending_row_, true);
-        decode(ctx_draft_, batch_one_);
-        logits_pos_ = n + pending_row_;
+        queue_drafter_token(pending_token_, n + pending_row_);
         eager_row_ = pending_row_;
         pending_row_ = -1;
     }

@@ -142,6 +142,9 @@ class rast_speculator {
     void    emit_stats(const float * z_large, const float * z_rast, const float * post_logits, llama_token token);
     int32_t decode(llama_context * ctx, llama_batch & batch);
     void    decode_drafter(llama_batch & batch);  // decode + note where the drafter's logits are
+    void    queue_drafter_token(llama_token token, llama_pos pos);  // the same for one token in the verify round
+                                                                     // (not counted as a drafting decode)
+    void    keep_drafter_row(int32_t i, const float * row);          // copy into rows_ as row i
     void    predraft(int32_t n, int32_t k);
 
     llama_context *          ctx_large_;
@@ -157,6 +160,7 @@ class rast_speculator {
     bool                     eager_draft_;
     bool                     predraft_;
     bool                     keep_rows_;   // the drafter's rows are copied (tuned drafter, or sampling)
+    int32_t                  n_draft_read_ = 0;  // ids of a drafter row RAST reads: min(n_shared, drafter vocabulary)
     llama_batch              batch_, batch_one_;
     std::vector<llama_context *> verifiers_;  // the large context first
     std::vector<uint32_t>    mask_;     // n_shared: all ones where RAST may pick the id, 0 elsewhere

@@ -119,8 +119,7 @@ int32_t StepSampler::open(float temp, int32_t top_k, float top_p, float min_p, u
     s->alphas = std::move(alphas);
     s->n_logprobs = n_logprobs;
     s->greedy = temp <= 0.0f;
-    // below a quarter of the vocabulary the one-pass selection pays; above, the full array is as cheap
-    s->top_k = top_k > 0 && (int64_t) top_k * 4 <= n_shared_ ? top_k : 0;
+    s->top_k = rast_one_pass_top_k(top_k, n_shared_);
     if (!s->greedy) {  // the links and order of SamplerChain, without the delta (added here) and the probe
         llama_sampler_chain_params params = llama_sampler_chain_default_params();
         params.no_perf = true;
