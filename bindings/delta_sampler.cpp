@@ -301,10 +301,13 @@ rast_greedy_choice rast_greedy_argmax(const float * large, const float * const *
     return out;
 }
 
-int32_t rast_top_k_combined(const float * large, const float * const * pair_logits, const float * alphas,
-                            size_t n_pairs, int32_t n_shared, const std::vector<int32_t> & excluded_ids, int32_t k,
-                            std::vector<llama_token_data> & out) {
-    float z[COMBINE_BLOCK], zl[COMBINE_BLOCK];
+namespace {
+
+// The k largest of a row handed over a block at a time, as {id, z, 0} in `out`, unordered.
+// block(i0, m) returns z of ids i0..i0+m (excluded ids -inf). A block whose maximum is below the
+// k-th best so far is skipped; candidates gather in a buffer trimmed to the k best when it fills.
+template <class Block>
+void top_k_blocks(int32_t n, int32_t k, std::vector<llama_token_data> & out, Block block) {
     const size_t keep = (size_t) std::max(k, 1), cap = std::max<size_t>(4 * keep, 256);
     auto by_logit = [](const llama_token_data & a, const llama_token_data & b) { return a.logit > b.logit; };
     auto trim = [&]() {  // the keep largest stay; the smallest of them is the bar a new id must reach
@@ -315,13 +318,9 @@ int32_t rast_top_k_combined(const float * large, const float * const * pair_logi
     out.clear();
     out.reserve(cap);
     float bar = -INFINITY;  // every id below it is out: `keep` ids at or above it are held
-    float large_best = -INFINITY;
-    int32_t large_top = -1;
-    size_t next_excluded = 0;
-    for (int32_t i0 = 0; i0 < n_shared; i0 += COMBINE_BLOCK) {
-        const int32_t m = std::min(COMBINE_BLOCK, n_shared - i0);
-        const float * l = combine_block(large, pair_logits, alphas, n_pairs, i0, m, excluded_ids, next_excluded, z, zl);
-        first_max_step(l, i0, m, &large_best, &large_top);
+    for (int32_t i0 = 0; i0 < n; i0 += COMBINE_BLOCK) {
+        const int32_t m = std::min(COMBINE_BLOCK, n - i0);
+        const float * z = block(i0, m);
         if (rast_block_max(z, m) < bar) continue;  // nothing in this block reaches the bar
         for (int32_t j = 0; j < m; ++j) {
             if (z[j] >= bar) {
@@ -331,5 +330,35 @@ int32_t rast_top_k_combined(const float * large, const float * const * pair_logi
         }
     }
     if (out.size() > keep) trim();
+}
+
+}  // namespace
+
+int32_t rast_top_k_combined(const float * large, const float * const * pair_logits, const float * alphas,
+                            size_t n_pairs, int32_t n_shared, const std::vector<int32_t> & excluded_ids, int32_t k,
+                            std::vector<llama_token_data> & out) {
+    float z[COMBINE_BLOCK], zl[COMBINE_BLOCK];
+    float large_best = -INFINITY;
+    int32_t large_top = -1;
+    size_t next_excluded = 0;
+    top_k_blocks(n_shared, k, out, [&](int32_t i0, int32_t m) {
+        const float * l = combine_block(large, pair_logits, alphas, n_pairs, i0, m, excluded_ids, next_excluded, z, zl);
+        first_max_step(l, i0, m, &large_best, &large_top);
+        return (const float *) z;
+    });
     return large_top;
+}
+
+void rast_top_k_row(const float * row, int32_t n, const std::vector<int32_t> & excluded_ids, int32_t k,
+                    std::vector<llama_token_data> & out) {
+    float z[COMBINE_BLOCK];
+    size_t next_excluded = 0;
+    top_k_blocks(n, k, out, [&](int32_t i0, int32_t m) {
+        if (!(next_excluded < excluded_ids.size() && excluded_ids[next_excluded] < i0 + m)) return row + i0;
+        std::memcpy(z, row + i0, m * sizeof(float));
+        for (; next_excluded < excluded_ids.size() && excluded_ids[next_excluded] < i0 + m; ++next_excluded) {
+            z[excluded_ids[next_excluded] - i0] = -INFINITY;
+        }
+        return (const float *) z;
+    });
 }

@@ -28,10 +28,9 @@ double rast_uniform(uint64_t seed, int64_t position, int32_t purpose) {
 enum { U_DRAFT = 0, U_ACCEPT = 1, U_RESIDUAL = 2, U_PLAIN = 3 };
 
 rast_post_chain::rast_post_chain(const rast_chain_settings & s, int32_t n_vocab) : n_vocab_(n_vocab) {
-    cur_.resize(n_vocab);
-    if (s.temp <= 0.0f) {
-        return;  // greedy: no chain
-    }
+    if (s.temp <= 0.0f) return;  // greedy: no chain
+    one_pass_k_ = rast_one_pass_top_k(s.top_k, n_vocab);
+    if (one_pass_k_ == 0) cur_.resize(n_vocab);
     llama_sampler_chain_params params = llama_sampler_chain_default_params();
     params.no_perf = true;
     chain_ = llama_sampler_chain_init(params);
@@ -54,48 +53,37 @@ rast_post_chain::~rast_post_chain() {
     if (chain_) llama_sampler_free(chain_);
 }
 
-static float softmax_dense(const float * logits, int32_t n, float * probs) {
-    float max_l = -INFINITY;
-    for (int32_t i = 0; i < n; ++i) max_l = std::max(max_l, logits[i]);
-    double sum = 0.0;
-    for (int32_t i = 0; i < n; ++i) {
-        const float e = std::isfinite(logits[i]) ? std::exp(logits[i] - max_l) : 0.0f;
-        probs[i] = e;
-        sum += e;
+float rast_post_chain::apply(const float * row, int32_t n_row, const std::vector<int32_t> & excluded,
+                             float * logits_out, float * probs, std::vector<int32_t> & support) {
+    if (!chain_) throw std::logic_error("rast_post_chain::apply is for sampling (temp > 0)");
+    if (one_pass_k_ > 0) {
+        rast_top_k_row(row, n_row, excluded, one_pass_k_, cur_);
+    } else {
+        for (int32_t id = 0; id < n_row; ++id) cur_[id] = {id, row[id], 0.0f};
+        for (int32_t id : excluded) cur_[id].logit = -INFINITY;
+        for (int32_t id = n_row; id < n_vocab_; ++id) cur_[id] = {id, -INFINITY, 0.0f};
     }
-    const float inv = (float) (1.0 / sum);
-    float top = 0.0f;
-    for (int32_t i = 0; i < n; ++i) {
-        probs[i] *= inv;
-        top = std::max(top, probs[i]);
-    }
-    return top;
-}
-
-float rast_post_chain::apply(const float * z, float * logits_out, float * probs_out) {
-    if (!chain_) {  // greedy: the row itself (probabilities at temperature 1, for --draft-p-min)
-        if (logits_out) std::memcpy(logits_out, z, sizeof(float) * n_vocab_);
-        return softmax_dense(z, n_vocab_, probs_out);
-    }
-    for (int32_t id = 0; id < n_vocab_; ++id) cur_[id] = {id, z[id], 0.0f};
     llama_token_data_array arr = {cur_.data(), cur_.size(), -1, false};
     llama_sampler_apply(chain_, &arr);
-    std::fill(probs_out, probs_out + n_vocab_, 0.0f);
+    for (int32_t id : support) probs[id] = 0.0f;  // the rest of probs is zero already
+    support.clear();
     float max_l = -INFINITY;
     for (size_t i = 0; i < arr.size; ++i) max_l = std::max(max_l, arr.data[i].logit);
     double sum = 0.0;
     for (size_t i = 0; i < arr.size; ++i) {
         const float e = std::isfinite(arr.data[i].logit) ? std::exp(arr.data[i].logit - max_l) : 0.0f;
-        probs_out[arr.data[i].id] = e;
+        probs[arr.data[i].id] = e;
         sum += e;
     }
     const float inv = (float) (1.0 / sum);
     float top = 0.0f;
     for (size_t i = 0; i < arr.size; ++i) {
-        float & p = probs_out[arr.data[i].id];
+        float & p = probs[arr.data[i].id];
         p *= inv;
         top = std::max(top, p);
+        if (p > 0.0f) support.push_back(arr.data[i].id);
     }
+    std::sort(support.begin(), support.end());
     if (logits_out) {
         std::fill(logits_out, logits_out + n_vocab_, -INFINITY);
         for (size_t i = 0; i < arr.size; ++i) logits_out[arr.data[i].id] = arr.data[i].logit;
@@ -138,13 +126,16 @@ int32_t rast_argmax(const float * z, int32_t n) {
     return std::max(best, 0);
 }
 
-int32_t rast_draw(const float * probs, int32_t n, double u) {
+static rast_ids support(const std::vector<int32_t> & ids) { return {(int32_t) ids.size(), ids.data()}; }
+
+int32_t rast_draw(const float * probs, rast_ids ids, double u) {
     double sum = 0.0;
-    for (int32_t i = 0; i < n; ++i) sum += probs[i];
+    for (int32_t j = 0; j < ids.n; ++j) sum += probs[ids[j]];
     const double target = u * sum;
     double run = 0.0;
     int32_t last = -1;
-    for (int32_t i = 0; i < n; ++i) {
+    for (int32_t j = 0; j < ids.n; ++j) {
+        const int32_t i = ids[j];
         if (probs[i] <= 0.0f) continue;
         run += probs[i];
         last = i;
@@ -153,7 +144,7 @@ int32_t rast_draw(const float * probs, int32_t n, double u) {
     return last;  // rounding at the very end
 }
 
-int32_t rast_accept_or_resample(const float * p, const float * q, int32_t n, int32_t d, double u_accept,
+int32_t rast_accept_or_resample(const float * p, const float * q, rast_ids p_ids, int32_t d, double u_accept,
                                 double u_residual, bool wrong_residual, bool * accepted) {
     if (u_accept * (double) q[d] < (double) p[d]) {  // u < p(d)/q(d), without dividing
         *accepted = true;
@@ -163,14 +154,18 @@ int32_t rast_accept_or_resample(const float * p, const float * q, int32_t n, int
     const double v = u_residual;
     // residual max(0, p - q) over the full vocabulary, drawn in two passes without a buffer
     double sum = 0.0;
-    for (int32_t i = 0; i < n; ++i) sum += wrong_residual ? p[i] : std::max(0.0f, p[i] - q[i]);
+    for (int32_t j = 0; j < p_ids.n; ++j) {
+        const int32_t i = p_ids[j];
+        sum += wrong_residual ? p[i] : std::max(0.0f, p[i] - q[i]);
+    }
     if (!(sum > 0.0)) {  // p == q up to rounding: rejection had probability ~0; p is the residual's limit
-        return rast_draw(p, n, v);
+        return rast_draw(p, p_ids, v);
     }
     const double target = v * sum;
     double run = 0.0;
     int32_t last = -1;
-    for (int32_t i = 0; i < n; ++i) {
+    for (int32_t j = 0; j < p_ids.n; ++j) {
+        const int32_t i = p_ids[j];
         const double r = wrong_residual ? p[i] : std::max(0.0f, p[i] - q[i]);
         if (r <= 0.0) continue;
         run += r;
@@ -202,6 +197,7 @@ rast_speculator::rast_speculator(llama_context * ctx_large, std::vector<rast_pai
     for (int32_t id = 0; id < n_shared_; ++id) {
         allowed_[id] = id < (int32_t) excluded.size() ? !excluded[id] : 1;
         if (allowed_[id]) mask_[id] = ~0u;
+        else excluded_ids_.push_back(id);
     }
     verifiers_ = {ctx_large_};
     for (size_t p = 0; p < pairs_.size(); ++p) {
@@ -211,7 +207,6 @@ rast_speculator::rast_speculator(llama_context * ctx_large, std::vector<rast_pai
     batch_ = llama_batch_init(n_batch_max_, 0, 1);
     batch_one_ = llama_batch_init(1, 0, 1);
     z_.resize(n_vocab_);
-    post_q_.resize(n_vocab_);
     post_.resize(n_vocab_);
     p_.resize(n_vocab_);
 }
@@ -289,11 +284,8 @@ bool rast_speculator::next_draft(const float * row, int32_t j, float p_min, llam
         }
         return (float) (1.0 / sum) >= p_min;
     }
-    float * zq = z_.data();
-    masked_copy(row, mask_.data(), zq, n_shared_);
-    std::fill(zq + n_shared_, zq + n_vocab_, -INFINITY);
-    const float top = chain_q_.apply(zq, nullptr, q);
-    *d = rast_draw(q, n_vocab_, rast_uniform(seed_, (int64_t) n + 1 + j, U_DRAFT));
+    const float top = chain_q_.apply(row, n_shared_, excluded_ids_, nullptr, q, q_ids_[j]);
+    *d = rast_draw(q, support(q_ids_[j]), rast_uniform(seed_, (int64_t) n + 1 + j, U_DRAFT));
     return top >= p_min;
 }
 
@@ -376,6 +368,7 @@ int32_t rast_speculator::draft_ngram(int32_t k_max, int32_t ngram_min, int32_t n
         float * q = q_.data() + j * n_vocab_;
         std::fill(q, q + n_vocab_, 0.0f);
         q[drafts_[j]] = 1.0f;
+        q_ids_[j].assign(1, drafts_[j]);
     }
     return (int32_t) drafts_.size();
 }
@@ -499,6 +492,7 @@ rast_cycle_result rast_speculator::cycle(int32_t k_max, float p_min, int32_t n_m
     carried_ = false;
     const size_t need = (size_t) (k_max + 1) * n_vocab_;
     if (q_.size() < need) q_.resize(need);
+    if ((int32_t) q_ids_.size() < k_max + 1) q_ids_.resize(k_max + 1);
     if (delta_.size() < need) delta_.resize(need);
     if ((int32_t) delta_ready_.size() < k_max + 1) delta_ready_.resize(k_max + 1);
     if (kind_ != RAST_DRAFT_NGRAM && rows_.size() < need) rows_.resize(need);
@@ -550,25 +544,23 @@ rast_cycle_result rast_speculator::cycle(int32_t k_max, float p_min, int32_t n_m
             accepted = i < k && drafts_[i] == token;
             emit_stats(zl, z_.data(), z_.data(), token);
         } else {
-            chain_p_.apply(z_.data(), record ? post_.data() : nullptr, p_.data());
+            static const std::vector<int32_t> none;  // z_ holds -inf where RAST may not pick
+            chain_p_.apply(z_.data(), n_shared_, none, record ? post_.data() : nullptr, p_.data(), p_ids_);
             const int64_t pos = (int64_t) n + 1 + i;  // index of the token this row decides
             const double u_accept = rast_uniform(seed_, pos, U_ACCEPT), u_residual = rast_uniform(seed_, pos, U_RESIDUAL);
             if (i < k) {
-                token = rast_accept_or_resample(p_.data(), q_.data() + (size_t) i * n_vocab_, n_vocab_, drafts_[i],
+                token = rast_accept_or_resample(p_.data(), q_.data() + (size_t) i * n_vocab_, support(p_ids_), drafts_[i],
                                                 u_accept, u_residual, wrong_residual, &accepted);
             } else if (kind_ != RAST_DRAFT_NGRAM) {
                 // the draft the drafter would propose here, decided like any draft (exact for any q)
-                float * zq = post_q_.data();
-                const float * row = drafter_row(i);
-                masked_copy(row, mask_.data(), zq, n_shared_);
-                std::fill(zq + n_shared_, zq + n_vocab_, -INFINITY);
                 float * q = q_.data() + (size_t) i * n_vocab_;
-                chain_q_.apply(zq, nullptr, q);
-                const llama_token d = rast_draw(q, n_vocab_, rast_uniform(seed_, pos, U_DRAFT));
+                chain_q_.apply(drafter_row(i), n_shared_, excluded_ids_, nullptr, q, q_ids_[i]);
+                const llama_token d = rast_draw(q, support(q_ids_[i]), rast_uniform(seed_, pos, U_DRAFT));
                 bool unused;
-                token = rast_accept_or_resample(p_.data(), q, n_vocab_, d, u_accept, u_residual, wrong_residual, &unused);
+                token = rast_accept_or_resample(p_.data(), q, support(p_ids_), d, u_accept, u_residual, wrong_residual,
+                                                &unused);
             } else {
-                token = rast_draw(p_.data(), n_vocab_, rast_uniform(seed_, pos, U_PLAIN));
+                token = rast_draw(p_.data(), support(p_ids_), rast_uniform(seed_, pos, U_PLAIN));
             }
             emit_stats(zl, z_.data(), post_.data(), token);
         }

@@ -52,7 +52,10 @@ struct rast_chain_settings {
 };
 
 // llama.cpp's truncation + temperature samplers (no delta, no final draw) in the order RAST's
-// chain uses; turns a dense logit row into the dense post-chain logits and probabilities.
+// chain uses; turns a dense logit row into the dense post-chain logits and probabilities. With
+// top-k on (rast_one_pass_top_k) the links run on the k largest logits, picked in one pass over
+// the row: what llama.cpp's top-k, the first truncation link in either order, keeps of the full
+// candidate array.
 class rast_post_chain {
   public:
     rast_post_chain(const rast_chain_settings & s, int32_t n_vocab);
@@ -60,26 +63,40 @@ class rast_post_chain {
     rast_post_chain(const rast_post_chain &) = delete;
     rast_post_chain & operator=(const rast_post_chain &) = delete;
 
-    // z: n_vocab logits (-inf = never). logits_out (may be null): post-chain logits, -inf where
-    // removed. probs_out: softmax of those (0 where removed). Returns the top probability.
-    float apply(const float * z, float * logits_out, float * probs_out);
+    // Sampling only. row: logits of the ids below n_row; ids in excluded (ascending) and from n_row
+    // on are never picked. probs (n_vocab) must be zero outside `support` on entry (zeros, or what
+    // the last call with this support left): on return it holds the softmax of the post-chain
+    // logits, and support the ids of nonzero probability, ascending. logits_out (may be null):
+    // the post-chain logits, -inf where removed. Returns the top probability.
+    float apply(const float * row, int32_t n_row, const std::vector<int32_t> & excluded, float * logits_out,
+                float * probs, std::vector<int32_t> & support);
 
   private:
     llama_sampler *               chain_ = nullptr; // null when greedy
     int32_t                       n_vocab_;
+    int32_t                       one_pass_k_ = 0;  // > 0: top-k picked in one pass (see above)
     std::vector<llama_token_data> cur_;
 };
 
 // Index of the first maximum of z[0..n) (llama.cpp's greedy rule), block by block.
 int32_t rast_argmax(const float * z, int32_t n);
 
-// Draw from the distribution probs[0..n) (need not be normalised; sum > 0) with u in [0, 1).
-int32_t rast_draw(const float * probs, int32_t n, double u);
+// The ids a draw walks, ascending: every id below n, or only the listed ones (a support: every
+// other id has probability 0, so both walks give the same draw, bit for bit).
+struct rast_ids {
+    int32_t         n;
+    const int32_t * ids = nullptr;  // null: 0 .. n-1; else ids[0 .. n)
+    int32_t operator[](int32_t j) const { return ids ? ids[j] : j; }
+};
+
+// Draw from the distribution probs (need not be normalised; sum > 0) over `ids` with u in [0, 1).
+int32_t rast_draw(const float * probs, rast_ids ids, double u);
 
 // The speculative-sampling decision for one draft d drawn from q: accept (returns d) when
-// u_accept < p(d)/q(d), else a draw (with u_residual) from normalised max(0, p - q). wrong_residual
-// (tests only) draws from p instead: the rule then is no longer exact. *accepted says which happened.
-int32_t rast_accept_or_resample(const float * p, const float * q, int32_t n, int32_t d, double u_accept,
+// u_accept < p(d)/q(d), else a draw (with u_residual) from normalised max(0, p - q), which is 0
+// outside p's support p_ids. wrong_residual (tests only) draws from p instead: the rule then is no
+// longer exact. *accepted says which happened.
+int32_t rast_accept_or_resample(const float * p, const float * q, rast_ids p_ids, int32_t d, double u_accept,
                                 double u_residual, bool wrong_residual, bool * accepted);
 
 // A uniform in [0, 1) that depends only on (seed, position, purpose): the draws for the token at a
@@ -164,11 +181,14 @@ class rast_speculator {
     llama_batch              batch_, batch_one_;
     std::vector<llama_context *> verifiers_;  // the large context first
     std::vector<uint32_t>    mask_;     // n_shared: all ones where RAST may pick the id, 0 elsewhere
+    std::vector<int32_t>     excluded_ids_;  // the ids below n_shared RAST may not pick, ascending
 
     std::vector<llama_token> history_;   // tokens every RAST context holds
     llama_token              id_last_ = -1;  // sampled, decoded nowhere yet
     std::vector<llama_token> drafts_;
     std::vector<float>       q_;          // drafts x n_vocab: q of each draft (sampled drafting)
+    std::vector<std::vector<int32_t>> q_ids_;  // per row of q_: its support (sampling)
+    std::vector<int32_t>     p_ids_;      // the support of p_
     std::vector<float>       rows_;       // (drafts + 1) x n_vocab: the drafter's copied rows (tuned)
     int32_t                  n_rows_ = 0; // rows copied
     llama_token              pending_token_ = -1;  // eager: the drafter's decode that goes to the verify round,
@@ -182,5 +202,5 @@ class rast_speculator {
     llama_token              ahead_token_ = -1;   // pre-drafted and decoded at n + k + 1 this cycle (-1: none)
     bool                     carry_ = false;      // the drafter holds id_last with its logits (a pre-draft hit)
     bool                     carried_ = false;    // this cycle started from such a row
-    std::vector<float>       z_, post_, post_q_, p_;
+    std::vector<float>       z_, post_, p_;
 };

@@ -1,6 +1,7 @@
 // Python binding (nanobind) of speculative RAST (speculative.h): `Speculator`, one owner of a
 // rast_speculator over llama_context addresses that Python keeps alive, and `accept_histogram`,
-// the accept/residual step alone on fixed p, q vectors (for the exactness tests).
+// the accept/residual step alone on fixed p, q vectors, and `post_chain_probs`, the sampling chain
+// the speculator turns rows into p and q with (both for the exactness tests).
 #include "speculative.h"
 
 #include <nanobind/nanobind.h>
@@ -9,6 +10,7 @@
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
+#include <algorithm>
 #include <memory>
 #include <stdexcept>
 
@@ -114,19 +116,57 @@ void rast_register_speculative(nb::module_ & m) {
         .def("delta_stats", &Speculator::delta_stats)
         .def("close", [](Speculator & s) { s.spec.reset(); });
 
+    // Rows (r x n) through one rast_post_chain, in turn, into one probability buffer (as the
+    // speculator reuses its p and q rows): each row's probabilities and support.
+    m.def("post_chain_probs",
+          [](nb::ndarray<const float, nb::ndim<2>, nb::c_contig, nb::device::cpu> rows,
+             const std::vector<int32_t> & excluded, float temp, int32_t top_k, float top_p, float min_p,
+             bool reference) {
+              const int32_t n = (int32_t) rows.shape(1);
+              for (int32_t id : excluded) {
+                  if (id < 0 || id >= n) throw std::invalid_argument("excluded ids must be in [0, n)");
+              }
+              if (!std::is_sorted(excluded.begin(), excluded.end())) throw std::invalid_argument("excluded ids must be ascending");
+              rast_chain_settings settings;
+              settings.temp = temp; settings.top_k = top_k; settings.top_p = top_p; settings.min_p = min_p;
+              settings.reference = reference;
+              rast_post_chain chain(settings, n);
+              std::vector<float> probs(n, 0.0f);
+              std::vector<int32_t> support;
+              std::vector<std::vector<float>> all_probs;
+              std::vector<std::vector<int32_t>> supports;
+              for (size_t r = 0; r < rows.shape(0); ++r) {
+                  chain.apply(rows.data() + r * n, n, excluded, nullptr, probs.data(), support);
+                  all_probs.push_back(probs);
+                  supports.push_back(support);
+              }
+              return std::make_tuple(all_probs, supports);
+          },
+          nb::arg("rows"), nb::arg("excluded"), nb::arg("temp"), nb::arg("top_k"), nb::arg("top_p"), nb::arg("min_p"),
+          nb::arg("reference"));
+
     // n_runs times: d ~ q, then the accept/residual step; returns how often each id came out.
+    // sparse: the draws walk only the ids where p (and q) are nonzero, as the speculator does.
     m.def("accept_histogram",
-          [](FloatVec p, FloatVec q, int64_t n_runs, uint64_t seed, bool wrong_residual) {
+          [](FloatVec p, FloatVec q, int64_t n_runs, uint64_t seed, bool wrong_residual, bool sparse) {
               if (p.shape(0) != q.shape(0) || p.shape(0) == 0) throw std::invalid_argument("p and q must be equal-length, non-empty");
               const int32_t n = (int32_t) p.shape(0);
+              std::vector<int32_t> p_ids, q_ids;
+              for (int32_t i = 0; i < n; ++i) {
+                  if (p.data()[i] > 0.0f) p_ids.push_back(i);
+                  if (q.data()[i] > 0.0f) q_ids.push_back(i);
+              }
+              const rast_ids p_walk = sparse ? rast_ids{(int32_t) p_ids.size(), p_ids.data()} : rast_ids{n};
+              const rast_ids q_walk = sparse ? rast_ids{(int32_t) q_ids.size(), q_ids.data()} : rast_ids{n};
               std::vector<int64_t> counts(n, 0);
               for (int64_t r = 0; r < n_runs; ++r) {
-                  const int32_t d = rast_draw(q.data(), n, rast_uniform(seed, r, 0));
+                  const int32_t d = rast_draw(q.data(), q_walk, rast_uniform(seed, r, 0));
                   bool accepted;
-                  counts[rast_accept_or_resample(p.data(), q.data(), n, d, rast_uniform(seed, r, 1),
+                  counts[rast_accept_or_resample(p.data(), q.data(), p_walk, d, rast_uniform(seed, r, 1),
                                                  rast_uniform(seed, r, 2), wrong_residual, &accepted)]++;
               }
               return counts;
           },
-          nb::arg("p"), nb::arg("q"), nb::arg("n_runs"), nb::arg("seed"), nb::arg("wrong_residual") = false);
+          nb::arg("p"), nb::arg("q"), nb::arg("n_runs"), nb::arg("seed"), nb::arg("wrong_residual") = false,
+          nb::arg("sparse") = false);
 }

@@ -71,6 +71,74 @@ def test_accept_step_on_fixed_vectors(case):
         assert chi2_pvalue(wrong, p) < 1e-6
 
 
+@pytest.mark.parametrize("case", ["disjoint", "q_misses_p", "p_point", "sparse_both"])
+def test_draws_over_the_support_are_the_draws_over_the_whole_vocabulary(case):
+    """The speculator draws over the ids of nonzero probability only (top-k leaves 40 of 152k): the
+    same uniforms must give the same ids, run for run, as the walk over every id."""
+    rng = np.random.default_rng(11)
+    n = 400
+    p, q = rng.random(n), rng.random(n)
+    if case == "disjoint":
+        p[200:] = 0; q[:200] = 0
+    elif case == "q_misses_p":
+        q[:25] = 0; p[300:] = 0
+    elif case == "p_point":
+        p[:] = 0; p[3] = 1.0; q[::2] = 0
+    else:
+        p[rng.random(n) < 0.9] = 0; q[rng.random(n) < 0.9] = 0; q[np.nonzero(q)[0][0]] = 0
+    p, q = (p / p.sum()).astype(np.float32), (q / q.sum()).astype(np.float32)
+    for wrong in (False, True):
+        dense = _ext.accept_histogram(p, q, 20_000, 3, wrong, False)
+        sparse = _ext.accept_histogram(p, q, 20_000, 3, wrong, True)
+        assert sparse == dense
+        assert all(c == 0 for c, pi, qi in zip(sparse, p, q) if pi == 0 and qi == 0)
+
+
+def numpy_post_chain(row, excluded, temp, top_k, top_p, min_p, reference):
+    """llama.cpp's top-k, top-p, min-p and temperature links in RAST's order, then softmax, in numpy."""
+    z = row.astype(np.float64)
+    z[excluded] = -np.inf
+    if reference:
+        z = z / temp
+    ids = np.argsort(-z, kind="stable")
+    if top_k > 0:
+        ids = ids[:top_k]
+    if top_p < 1.0:
+        e = np.exp(z[ids] - z[ids[0]])
+        cum = np.cumsum(e / e.sum())
+        ids = ids[:int(np.argmax(cum >= top_p)) + 1]
+    if min_p > 0.0:
+        ids = ids[z[ids] >= z[ids[0]] + np.log(min_p)]
+    out = np.zeros(len(row))
+    zk = z[ids] if reference else z[ids] / temp
+    out[ids] = np.exp(zk - zk.max())
+    return out / out.sum()
+
+
+@pytest.mark.parametrize("temp, top_k, top_p, min_p, reference", [
+    (0.8, 40, 0.95, 0.05, False),   # llama.cpp's defaults: top-k picked in one pass over the row
+    (0.6, 25, 0.9, 0.0, True),      # temperature first (the RAST reference's order)
+    (1.3, 7, 1.0, 0.0, False),
+    (0.9, 0, 0.8, 0.1, False),      # no top-k: the whole candidate array
+])
+def test_post_chain_probabilities_match_numpy(temp, top_k, top_p, min_p, reference):
+    """p and q of the speculator: the chain over a row (ids excluded, a block with none allowed),
+    rows applied in turn into one buffer as the speculator reuses it, against numpy."""
+    rng = np.random.default_rng(top_k + 1)
+    n = 3000
+    rows = (rng.standard_normal((6, n)) * 3).astype(np.float32)
+    rows[2, 1024:2048] += 6.0                       # the best ids in one block
+    rows[3] = rows[3] * 0.05                        # nearly flat: many ids pass top-p
+    excluded = sorted(set(range(1500, 2100)) | set(int(i) for i in rng.choice(n, 60, replace=False)))
+    rows[4, excluded[:50]] = 100.0                  # excluded ids would win
+    got, supports = _ext.post_chain_probs(rows, excluded, temp, top_k, top_p, min_p, reference)
+    for row, probs, support in zip(rows, got, supports):
+        want = numpy_post_chain(row, excluded, temp, top_k, top_p, min_p, reference)
+        np.testing.assert_allclose(np.asarray(probs), want, rtol=2e-5, atol=1e-7)
+        assert list(support) == [int(i) for i in np.nonzero(want)[0]]
+        assert 0 < len(support) <= (top_k or n)
+
+
 PROMPT = "Question: what is 12 + 35?\nAnswer: 12 + 35"
 CHAIN = dict(temp=1.5, top_k=6, top_p=1.0, min_p=0.0)  # llama order: top-k, then temperature
 
