@@ -477,7 +477,7 @@ void rast_speculator::predraft(int32_t n, int32_t k) {
 }
 
 rast_cycle_result rast_speculator::cycle(int32_t k_max, float p_min, int32_t n_min, int32_t ngram_min,
-                                         int32_t ngram_max) {
+                                         int32_t ngram_max, bool predraft_now) {
     if (id_last_ < 0) throw std::runtime_error("call start() before cycle()");
     k_max = std::max(0, std::min(k_max, n_batch_max_ - 1));
     rast_cycle_result res;
@@ -522,7 +522,7 @@ rast_cycle_result rast_speculator::cycle(int32_t k_max, float p_min, int32_t n_m
         eager_row_ = pending_row_;
         pending_row_ = -1;
     }
-    if (predraft_) predraft(n, k);
+    if (predraft_ && predraft_now) predraft(n, k);
     // while the large model computes (on a GPU): the pairs' delta of every row whose small-model
     // logits are there without another decode
     std::fill(delta_ready_.begin(), delta_ready_.begin() + k + 1, 0);

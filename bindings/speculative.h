@@ -131,8 +131,10 @@ class rast_speculator {
     void start(const std::vector<llama_token> & history);
 
     // One cycle with up to k_max drafts (stopping when the drafter's top probability < p_min;
-    // fewer than n_min drafts are dropped). On return every RAST context holds n_past() tokens.
-    rast_cycle_result cycle(int32_t k_max, float p_min, int32_t n_min, int32_t ngram_min, int32_t ngram_max);
+    // fewer than n_min drafts are dropped). predraft: pre-draft in this cycle's verify round (where
+    // the speculator pre-drafts at all). On return every RAST context holds n_past() tokens.
+    rast_cycle_result cycle(int32_t k_max, float p_min, int32_t n_min, int32_t ngram_min, int32_t ngram_max,
+                            bool predraft = true);
 
     int32_t n_past() const { return (int32_t) history_.size(); }
     void set_seed(uint64_t seed) { seed_ = seed; }

@@ -70,8 +70,8 @@ struct Speculator {
 
     // (tokens, n_drafted, n_accepted, t_draft, t_verify, n_draft_decodes, carried, hit): see rast_cycle_result
     std::tuple<std::vector<int32_t>, int32_t, int32_t, double, double, int32_t, bool, bool>
-    cycle(int32_t k_max, float p_min, int32_t n_min, int32_t ngram_min, int32_t ngram_max) {
-        rast_cycle_result r = get().cycle(k_max, p_min, n_min, ngram_min, ngram_max);
+    cycle(int32_t k_max, float p_min, int32_t n_min, int32_t ngram_min, int32_t ngram_max, bool predraft) {
+        rast_cycle_result r = get().cycle(k_max, p_min, n_min, ngram_min, ngram_max, predraft);
         return {std::vector<int32_t>(r.tokens.begin(), r.tokens.end()), r.n_drafted, r.n_accepted, r.t_draft, r.t_verify,
                 r.n_draft_decodes, r.carried, r.hit};
     }
@@ -104,7 +104,7 @@ void rast_register_speculative(nb::module_ & m) {
                  s.get().start(std::vector<llama_token>(history.begin(), history.end()));
              }, nb::arg("history"))
         .def("cycle", &Speculator::cycle, nb::arg("k_max"), nb::arg("p_min"), nb::arg("n_min"), nb::arg("ngram_min"),
-             nb::arg("ngram_max"), nb::call_guard<nb::gil_scoped_release>())
+             nb::arg("ngram_max"), nb::arg("predraft") = true, nb::call_guard<nb::gil_scoped_release>())
         .def_prop_ro("n_past", [](const Speculator & s) { return s.get().n_past(); })
         .def("set_record", [](Speculator & s, bool on) { s.get().record = on; }, nb::arg("enabled"))
         .def("set_track_delta", [](Speculator & s, bool on) { s.get().track_delta = on; }, nb::arg("enabled"))

@@ -15,7 +15,13 @@ T(k, m) is timed after cycles that did not end on their pre-draft, and a run of 
 do (`Speculator.set_forced_hit`) gives S(k), what starting from a pre-drafted row saves: at
 acceptance a a cycle ends on its pre-draft with probability a^(k + 1) (all k drafts and the
 proposal after them accepted), so E[T] drops by a^(k + 1) S(k).
+The cycles are greedy, and timed once more with llama.cpp's default sampling chain (temperature
+0.8, top-k 40, top-p 0.95, min-p 0.05: p and q through the chain at every row, the acceptance
+test, residual draws) beside them; alone and RAST stay greedy (RAST's own sampling costs about
+what its greedy choice does, so the sampled ratios are if anything understated).
 
+`auto_end_to_end`: on the same models, end to end, what `--draft auto` costs where drafts are never
+accepted, beside --draft off.
 `toy_cycle_bench()`: the same forced-acceptance timing on the shipped toy triple (its own
 vocabulary and trained weights), the large model alone and RAST timed over the same positions.
 `toy_acceptance()`: the real thing on the shipped toy triple: acceptance and end-to-end tokens/s of
@@ -30,19 +36,22 @@ import time
 
 from rast_gguf.bench import BenchSetup, bench_engine, check_setup, synthetic_models
 from rast_gguf.engine import RastEngine
+from rast_gguf.generate import generate
 from rast_gguf.sampling import DeltaPair, SamplingParams
 from rast_gguf.speculative import DraftParams, eager_draft, make_speculator, predraft_on
 
 ACCEPTANCES = (0.5, 0.6, 0.7, 0.8, 0.9)
+GREEDY = SamplingParams(temp=0)
 DRAFT_LENGTHS = (1, 2, 3, 4, 6, 8)
 
 
-def _cycle_times(engine: RastEngine, prompt: list[int], ks, n_cycles: int, eager: bool, predraft: bool = False):
+def _cycle_times(engine: RastEngine, prompt: list[int], ks, n_cycles: int, eager: bool, predraft: bool = False,
+                 sampling: SamplingParams = GREEDY):
     """({(k, m): median seconds of a cycle with k drafts of which exactly m are accepted},
     {(k, m): (median seconds drafting, verifying)}, {k: seconds a cycle saves by starting from a
     pre-drafted row}): the rest of a cycle is host work (combining rows, the acceptance test, the
     rollback, the Python call)."""
-    spec = make_speculator(engine, SamplingParams(temp=0), eager, predraft)
+    spec = make_speculator(engine, sampling, eager, predraft)
     times: dict[tuple[int, int], float] = {}
     parts: dict[tuple[int, int], tuple[float, float]] = {}
     saved: dict[int, float] = {}
@@ -107,10 +116,40 @@ def cycle_bench(setup: BenchSetup, ks=DRAFT_LENGTHS, n_cycles: int = 5, log=prin
         low = min(1000, engine.n_shared // 4)
         return [rng.randrange(low, engine.n_shared - low) for _ in range(setup.n_prompt)]
 
-    return forced_acceptance(setup.label(), paths, DeltaPair(str(tuned), str(base), setup.alpha, setup.n_gpu_layers_small),
-                             alone, rast, prompt, ks, n_cycles, log=log, n_ctx=setup.n_prompt + 512,
-                             n_batch=min(512, setup.n_prompt), n_threads=setup.n_threads,
-                             n_gpu_layers=setup.n_gpu_layers)
+    pair = DeltaPair(str(tuned), str(base), setup.alpha, setup.n_gpu_layers_small)
+    engine_kwargs = dict(n_ctx=setup.n_prompt + 512, n_batch=min(512, setup.n_prompt), n_threads=setup.n_threads,
+                         n_gpu_layers=setup.n_gpu_layers)
+    result = forced_acceptance(setup.label(), paths, pair, alone, rast, prompt, ks, n_cycles, log=log, **engine_kwargs)
+    result["auto"] = auto_end_to_end(large, pair, prompt, setup.n_gen, setup.n_repeat, log=log, **engine_kwargs)
+    return result
+
+
+def auto_end_to_end(large, pair: DeltaPair, prompt, n_gen: int, n_repeat: int, log=print, **engine_kwargs) -> list[dict]:
+    """What `--draft auto` (generate's and chat's default) costs where drafting does not pay: these
+    synthetic models' drafts are never accepted (random weights), so the draft length rule settles
+    on k = 0 with a probing draft every 8th cycle. Generation tokens/s with --draft off and auto,
+    side by side, greedy and with llama.cpp's default sampling chain (best of n_repeat)."""
+    rows = []
+    for label, sampling in (("greedy", GREEDY), ("default chain", SamplingParams(seed=1))):
+        row = {"sampling": label}
+        for name, draft in (("off", None), ("auto", "auto")):
+            with RastEngine(large, [pair], draft=draft, **engine_kwargs) as engine:
+                tokens = prompt(engine)
+                generate(engine, tokens[:32], max_tokens=8, ignore_eos=True, sampling=sampling)  # warm-up, calibration
+                runs = [generate(engine, tokens, max_tokens=n_gen, ignore_eos=True, sampling=sampling)
+                        for _ in range(n_repeat)]
+                row[f"{name}_tps"] = round(max(r.generation_tps for r in runs), 1)
+                if name == "auto":
+                    stats = runs[-1].speculative
+                    row["speculating"] = stats is not None
+                    row["acceptance"] = round(stats.acceptance_rate, 3) if stats else None
+                    row["drafted_per_cycle"] = round(stats.n_drafted / stats.n_cycles, 2) if stats else None
+        row["auto_vs_off"] = round(row["auto_tps"] / row["off_tps"], 3)
+        log(f"--draft auto, {label}: {row['auto_tps']} tok/s vs {row['off_tps']} off = {row['auto_vs_off']:.2f} x"
+            + (f" (speculating: acceptance {row['acceptance']:.2f}, {row['drafted_per_cycle']} drafted per cycle)"
+               if row["speculating"] else " (off here: the drafter is not on a GPU)"))
+        rows.append(row)
+    return rows
 
 
 def forced_acceptance(label: str, paths, pair: DeltaPair, alone: float, rast: float, prompt, ks, n_cycles: int,
@@ -123,11 +162,14 @@ def forced_acceptance(label: str, paths, pair: DeltaPair, alone: float, rast: fl
     ks = tuple(ks)
     log(f"{label}: large alone {alone:.1f} tok/s, RAST {rast:.1f} tok/s")
     result = {"config": label, "alone_tps": alone, "rast_tps": rast, "modes": {}}
-    for mode, pairs, draft in (
-            ("speculative RAST (tuned drafts)", [pair], DraftParams("tuned", n_max=max(ks), adaptive=False)),
+    tuned = DraftParams("tuned", n_max=max(ks), adaptive=False)
+    for mode, pairs, draft, sampling in (
+            ("speculative RAST (tuned drafts)", [pair], tuned, GREEDY),
+            ("speculative RAST, sampled", [pair], tuned, SamplingParams(seed=1)),
             ("speculative RAST, no pre-draft", [pair],
-             DraftParams("tuned", n_max=max(ks), adaptive=False, predraft=False)),
-            ("large + small base drafter (no delta)", [], DraftParams(str(base), n_max=max(ks), adaptive=False))):
+             DraftParams("tuned", n_max=max(ks), adaptive=False, predraft=False), GREEDY),
+            ("large + small base drafter (no delta)", [], DraftParams(str(base), n_max=max(ks), adaptive=False),
+             GREEDY)):
         with RastEngine(large, pairs, draft=draft, **engine_kwargs) as engine:
             if draft.predraft is False and not eager_draft(engine):
                 continue  # without the eager drafter there is no pre-draft to leave out: the first mode already is this
@@ -135,7 +177,7 @@ def forced_acceptance(label: str, paths, pair: DeltaPair, alone: float, rast: fl
             engine.feed(tokens[:-1])
             eager = eager_draft(engine)
             predraft = predraft_on(engine, eager)
-            times, parts, saved = _cycle_times(engine, tokens, ks, n_cycles, eager, predraft)
+            times, parts, saved = _cycle_times(engine, tokens, ks, n_cycles, eager, predraft, sampling)
         log(f"{label}: {mode}, cycle ms T(k,m) = draft + verify + host"
             + (" (drafter's last decode in the verify round)" if eager else "") + ": "
             + ", ".join(f"({k},{m}) {1e3 * t:.2f} = {1e3 * parts[(k, m)][0]:.2f} + {1e3 * parts[(k, m)][1]:.2f} + "
@@ -150,7 +192,7 @@ def forced_acceptance(label: str, paths, pair: DeltaPair, alone: float, rast: fl
                          "vs_rast": round(tps / rast, 3)})
             log(f"{label}: {mode:38s} a={a:.1f} k={k}: {tps:7.1f} tok/s  {tps / alone:.2f} x alone  "
                 f"{tps / rast:.2f} x RAST  [forced acceptance: timing only]")
-        result["modes"][mode] = {"eager_draft": eager, "predraft": predraft,
+        result["modes"][mode] = {"eager_draft": eager, "predraft": predraft, "temp": sampling.temp,
                                  "predraft_saved_ms": {str(k): round(1e3 * s, 3) for k, s in saved.items()},
                                  "cycle_ms": {f"{k},{m}": round(1e3 * t, 3) for (k, m), t in times.items()},
                                  "draft_verify_ms": {f"{k},{m}": [round(1e3 * d, 3), round(1e3 * v, 3)]
@@ -187,7 +229,6 @@ def toy_acceptance(alphas=(0.5, 1.0, 2.0), n_prompts: int = 8, max_tokens: int =
                    log=print) -> list[dict]:
     """Acceptance and end-to-end speedup of speculative RAST on the shipped toy triple (greedy)."""
     from rast_gguf.defaults import default_triple
-    from rast_gguf.generate import generate
     from rast_gguf.toy_task import problems
 
     large, base, tuned = default_triple()

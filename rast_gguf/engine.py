@@ -73,7 +73,8 @@ class RastEngine:
             n_seq_max: sequences decoded together (rast_gguf.batch); 1 for plain generation.
             overlap: decode the small models on C++ worker threads while the large one decodes.
             draft: speculative decoding (rast_gguf.speculative): None (off), "tuned" (the first pair's
-                tuned model drafts), "ngram" (prompt lookup), a drafter GGUF path, or a DraftParams.
+                tuned model drafts), "ngram" (prompt lookup), a drafter GGUF path, "auto" ("tuned" where
+                the tuned model runs on a local GPU, else None: `resolve_auto`), or a DraftParams.
             rpc: HOST:PORT of llama.cpp RPC servers whose devices take the large model's offloaded
                 layers with the local GPUs (split by `tensor_split`, else by free memory, as llama.cpp);
                 see rast_gguf.rpc.
@@ -89,7 +90,7 @@ class RastEngine:
             UsageError: an invalid flash_attn, n_seq_max or tensor_split.
             RpcError: an RPC server cannot be reached or speaks another protocol version.
         """
-        from rast_gguf.speculative import as_draft_params
+        from rast_gguf.speculative import as_draft_params, resolve_auto
 
         self._models: list[Model] = []
         self._rpc_guard: rpc_backend.Guard | None = None
@@ -106,8 +107,10 @@ class RastEngine:
         if self.draft and self.draft.kind == "tuned" and not self.pairs:
             raise UsageError("--draft tuned drafts with the small tuned model, but no pair is loaded; "
                              "give --base/--tuned, or use --draft ngram or --draft PATH")
-        draft_file = self.draft.source if self.draft and self.draft.kind == "model" else None
         draft_ngl = self.pairs[0].n_gpu_layers if self.pairs else n_gpu_layers
+        self.draft = resolve_auto(self.draft, n_pairs=len(self.pairs), drafter_n_gpu_layers=draft_ngl,
+                                  small_remote=bool(rpc_small), n_seq_max=n_seq_max)
+        draft_file = self.draft.source if self.draft and self.draft.kind == "model" else None
         self.draft_n_gpu_layers = draft_ngl  # the drafter's: the tuned model's or a separate drafter's
         if flash_attn not in FLASH_ATTN_TYPES:
             raise UsageError(f"--flash-attn must be one of {', '.join(FLASH_ATTN_TYPES)}, got {flash_attn!r}")

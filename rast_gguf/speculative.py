@@ -37,6 +37,7 @@ below it; drafts shorter than `--draft-min` are dropped.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ from pathlib import Path
 from rast_gguf import _ext
 from rast_gguf.errors import UsageError
 
-DRAFT_KINDS = ("tuned", "ngram")
+DRAFT_KINDS = ("tuned", "ngram", "auto")
 DEFAULT_DRAFT_MAX = 8
 NGRAM_SIZES = (1, 4)      # prompt lookup tries suffixes of 4 tokens down to 1
 _DECAY = 0.95             # weight of the past in the acceptance estimate, per cycle
@@ -85,8 +86,23 @@ class DraftParams:
 
     @property
     def kind(self) -> str:
-        """'tuned', 'ngram' or 'model' (a separate drafter file)."""
+        """'tuned', 'ngram', 'auto' (RastEngine resolves it: `resolve_auto`) or 'model' (a separate drafter file)."""
         return self.source if self.source in DRAFT_KINDS else "model"
+
+
+def resolve_auto(draft: DraftParams | None, *, n_pairs: int, drafter_n_gpu_layers: int, small_remote: bool,
+                 n_seq_max: int) -> DraftParams | None:
+    """--draft auto: drafting by the tuned model where it pays, the drafter on a local GPU (its
+    decodes run beside the large model's verify: BENCHMARKS.md, speculative RAST), else no
+    speculation; any other setting unchanged. Where drafting does not pay on such a machine either
+    (a low acceptance rate, a drafter close to the large model in cost) the draft length rule
+    settles on k = 0, which costs what a plain RAST step does but for a probing draft every 8th cycle."""
+    if draft is None or draft.kind != "auto":
+        return draft
+    from rast_gguf import memory
+
+    on_gpu = n_pairs > 0 and drafter_n_gpu_layers != 0 and not small_remote and n_seq_max == 1
+    return dataclasses.replace(draft, source="tuned") if on_gpu and memory.gpu_offload_supported() else None
 
 
 def as_draft_params(draft: DraftParams | str | None) -> DraftParams | None:
@@ -290,8 +306,9 @@ def stream_speculative(engine, *, history: Sequence[int], max_tokens: int, sampl
             k_cap = min(engine.n_ctx - n_held - 1, max_tokens - n_yielded - 1)
             k = rule.choose(k_cap)
             try:
+                # no pre-draft when drafting does not pay: its hit rate is about the acceptance rate
                 tokens, n_drafted, n_accepted, t_draft, t_verify, n_decodes, carried, _ = spec.cycle(
-                    k, p.p_min, p.n_min, *NGRAM_SIZES)
+                    k, p.p_min, p.n_min, *NGRAM_SIZES, k > 0)
             except RuntimeError as e:
                 from rast_gguf.errors import DecodeError
 

@@ -445,6 +445,63 @@ def test_chat_with_a_drafter_answers_as_without(small_vocab_triple):
     assert answers[0] == answers[1]
 
 
+@pytest.mark.parametrize("n_pairs, ngl, small_remote, n_seq_max, gpu, want", [
+    (1, -1, False, 1, True, "tuned"),     # the tuned model on a local GPU: drafting pays there
+    (1, 0, False, 1, True, None),         # the small models on the CPU
+    (1, -1, False, 1, False, None),       # a build without GPU offload
+    (0, -1, False, 1, True, None),        # the large model alone: nothing to draft with
+    (1, -1, True, 1, True, None),         # the small models on an RPC server
+    (1, -1, False, 4, True, None),        # a batch engine: not speculative
+])
+def test_draft_auto_drafts_with_the_tuned_model_only_on_a_local_gpu(monkeypatch, n_pairs, ngl, small_remote,
+                                                                    n_seq_max, gpu, want):
+    from rast_gguf import memory
+    from rast_gguf.speculative import resolve_auto
+
+    monkeypatch.setattr(memory, "gpu_offload_supported", lambda: gpu)
+    auto = DraftParams("auto", n_max=5, n_min=1, p_min=0.2)
+    got = resolve_auto(auto, n_pairs=n_pairs, drafter_n_gpu_layers=ngl, small_remote=small_remote, n_seq_max=n_seq_max)
+    assert (got and got.source) == want
+    if got:
+        assert (got.n_max, got.n_min, got.p_min) == (5, 1, 0.2)  # the user's other --draft-* settings stay
+    for other in (None, DraftParams("ngram"), DraftParams("tuned", n_max=3)):
+        assert resolve_auto(other, n_pairs=n_pairs, drafter_n_gpu_layers=ngl, small_remote=small_remote,
+                            n_seq_max=n_seq_max) == other
+
+
+def test_an_engine_with_draft_auto_on_a_gpu_speculates_and_gives_rast_output(monkeypatch, small_vocab_triple):
+    """RastEngine(draft="auto") resolves where the models are placed: with the tuned model offloaded
+    (the build's GPU support reported on, so this runs on a CPU too) it drafts, and greedy output is
+    plain RAST's; without offload it does not speculate."""
+    from rast_gguf import memory
+
+    t = small_vocab_triple
+    monkeypatch.setattr(memory, "gpu_offload_supported", lambda: True)
+    outputs = []
+    for ngl, draft in ((-1, "auto"), (0, "auto"), (0, None)):
+        with RastEngine(t.large, [DeltaPair(str(t.tuned), str(t.base), 1.0, ngl)], n_ctx=256, n_threads=2,
+                        n_gpu_layers=ngl, flash_attn="off", draft=draft) as engine:
+            assert (engine.draft and engine.draft.kind) == ("tuned" if ngl and draft else None)
+            r = generate(engine, PROMPT, max_tokens=24, ignore_eos=True, sampling=SamplingParams(temp=0))
+            assert (r.speculative is not None) == (engine.draft is not None)
+            outputs.append(r.tokens)
+    assert outputs[0] == outputs[1] == outputs[2]
+
+
+def test_generation_pre_drafts_only_in_cycles_that_draft(small_vocab_triple):
+    """A cycle with no drafts (k = 0: drafting does not pay at the running acceptance) leaves the
+    pre-draft out, whose hit rate is then about that acceptance; cycles that draft keep it."""
+    t = small_vocab_triple
+    carried = {}
+    for n_max in (0, 1):
+        draft = DraftParams("tuned", n_max=n_max, adaptive=False, eager=True)
+        with RastEngine(t.large, [DeltaPair(str(t.tuned), str(t.base), 1.0)], n_ctx=256, n_threads=2,
+                        flash_attn="off", draft=draft) as engine:
+            r = generate(engine, PROMPT, max_tokens=60, ignore_eos=True, sampling=SamplingParams(temp=0))
+            carried[n_max] = r.speculative.n_carried
+    assert carried[0] == 0 and carried[1] > 0
+
+
 def test_draft_length_follows_costs_and_acceptance():
     from rast_gguf.speculative import DraftLength
 
@@ -497,11 +554,13 @@ def test_rast_generate_with_draft_prints_the_same_completion_and_the_stats(tripl
 
     args = ["generate", "-p", "Once upon a time", "-m", triple.large, "--base", triple.base, "--tuned", triple.tuned,
             "-n", "16", "--temp", "0", "-c", "128", "-t", "2"]
-    plain = rast_cli(*args)
+    plain = rast_cli(*args, "--draft", "off")
+    default = rast_cli(*args)  # --draft auto, the small models on the CPU (-ngl 0): no drafting
     spec = rast_cli(*args, "--draft", "tuned", "--draft-max", "4")
-    assert plain.returncode == 0 and spec.returncode == 0, spec.stderr
-    assert spec.stdout == plain.stdout and len(spec.stdout) > 4
-    assert "accepted per cycle" in spec.stderr and "accepted per cycle" not in plain.stderr
+    assert plain.returncode == 0 and default.returncode == 0 and spec.returncode == 0, spec.stderr
+    assert spec.stdout == plain.stdout == default.stdout and len(spec.stdout) > 4
+    assert "accepted per cycle" in spec.stderr
+    assert "accepted per cycle" not in plain.stderr and "accepted per cycle" not in default.stderr
     bad = rast_cli(*args, "--draft", "no-such-drafter.gguf")
     assert bad.returncode == 1 and "--draft" in bad.stderr and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) <= 2
@@ -539,6 +598,8 @@ def test_toy_cycle_bench_reports_every_acceptance_beside_alone_and_rast():
     assert result["alone_tps"] > 0 and result["rast_tps"] > 0
     assert "speculative RAST (tuned drafts)" in result["modes"]
     assert "speculative RAST, no pre-draft" not in result["modes"]  # a CPU drafter is not eager: nothing to leave out
+    temps = {name: mode["temp"] for name, mode in result["modes"].items()}
+    assert temps["speculative RAST, sampled"] == pytest.approx(0.8) and temps["speculative RAST (tuned drafts)"] == 0
     for mode in result["modes"].values():
         assert set(mode["cycle_ms"]) == {"1,0", "1,1", "2,0", "2,1", "2,2"}
         assert [r["acceptance"] for r in mode["by_acceptance"]] == list(ACCEPTANCES)
@@ -546,3 +607,23 @@ def test_toy_cycle_bench_reports_every_acceptance_beside_alone_and_rast():
             assert r["k"] in (1, 2)
             assert r["vs_alone"] == pytest.approx(r["tps"] / result["alone_tps"], rel=0.01)
             assert r["vs_rast"] == pytest.approx(r["tps"] / result["rast_tps"], rel=0.01)
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_auto_end_to_end_times_draft_auto_beside_draft_off(monkeypatch, small_vocab_triple, gpu):
+    """`rast bench --speculative`'s end-to-end row for the default --draft auto: off where the
+    drafter is not on a GPU, speculating (and counted) where it is; both timed beside --draft off."""
+    from rast_gguf import memory
+    from rast_gguf.bench_spec import auto_end_to_end
+
+    monkeypatch.setattr(memory, "gpu_offload_supported", lambda: gpu)
+    t = small_vocab_triple
+    pair = DeltaPair(str(t.tuned), str(t.base), 1.0, -1)
+    rows = auto_end_to_end(t.large, pair, lambda engine: engine.tokenize(PROMPT) * 3, 16, 1, log=lambda line: None,
+                           n_ctx=256, n_threads=1, n_gpu_layers=-1)
+    assert [r["sampling"] for r in rows] == ["greedy", "default chain"]
+    for r in rows:
+        assert r["speculating"] is gpu and (r["acceptance"] is None) is (not gpu)
+        assert r["off_tps"] > 0 and r["auto_vs_off"] == pytest.approx(r["auto_tps"] / r["off_tps"], rel=0.01)
+        if gpu:
+            assert 0.0 <= r["acceptance"] <= 1.0 and r["drafted_per_cycle"] >= 0

@@ -41,7 +41,7 @@ def chat_command(
     flash_attn: o.FlashAttn = o.FLASH_ATTN, temp: o.Temp = o.TEMP, top_k: o.TopK = o.TOP_K, top_p: o.TopP = o.TOP_P,
     min_p: o.MinP = o.MIN_P, seed: o.Seed = o.SEED, sampler_order: o.SamplerOrder = o.ORDER,
     convert_type: o.ConvertType = o.CONVERT_TYPE, verbose: o.Verbose = False, overlap: o.Overlap = False,
-    draft: o.Draft = None, draft_max: o.DraftMax = 8, draft_min: o.DraftMin = 0, draft_p_min: o.DraftPMin = 0.0,
+    draft: o.Draft = o.DRAFT, draft_max: o.DraftMax = 8, draft_min: o.DraftMin = 0, draft_p_min: o.DraftPMin = 0.0,
 ):
     """Chat with RAST: streaming, multi-turn, with the large model's chat template.
 

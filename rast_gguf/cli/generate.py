@@ -22,7 +22,7 @@ def generate_command(
     stop: Annotated[Optional[list[str]], typer.Option("--stop", help="Stop string; repeatable.")] = None,
     ignore_eos: o.IgnoreEos = False, convert_type: o.ConvertType = o.CONVERT_TYPE, verbose: o.Verbose = False,
     overlap: o.Overlap = False,
-    draft: o.Draft = None, draft_max: o.DraftMax = 8, draft_min: o.DraftMin = 0, draft_p_min: o.DraftPMin = 0.0,
+    draft: o.Draft = o.DRAFT, draft_max: o.DraftMax = 8, draft_min: o.DraftMin = 0, draft_p_min: o.DraftPMin = 0.0,
 ):
     """Generate a completion with RAST.
 

@@ -42,15 +42,18 @@ TensorSplit = Annotated[Optional[str], typer.Option("-ts", "--tensor-split", met
 TEMP, TOP_K, TOP_P, MIN_P = SamplingParams.temp, SamplingParams.top_k, SamplingParams.top_p, SamplingParams.min_p
 SEED, ORDER = SamplingParams.seed, SamplingParams.order
 FLASH_ATTN = "auto"  # RastEngine's default
-Draft = Annotated[Optional[str], typer.Option("--draft", help="Speculative decoding (same output distribution, fewer sequential decodes): 'tuned' drafts with the first pair's tuned model, 'ngram' with prompt lookup, or a GGUF drafter file. [default: off]", show_default=False)]
+Draft = Annotated[str, typer.Option("--draft", help="Speculative decoding (same output distribution, fewer sequential decodes): 'auto' drafts with the first pair's tuned model where it runs on a GPU (where drafting pays) and is off elsewhere; 'tuned' drafts with it anywhere, 'ngram' with prompt lookup, or a GGUF drafter file; 'off'.")]
 DraftMax = Annotated[int, typer.Option("--draft-max", help="Most tokens drafted per cycle (the length adapts below it to the acceptance rate and the measured verify cost).")]
 DraftMin = Annotated[int, typer.Option("--draft-min", help="Drafts shorter than this are dropped.")]
 DraftPMin = Annotated[float, typer.Option("--draft-p-min", help="Stop a draft when the drafter's top probability falls below this.")]
 
 
+DRAFT = "auto"  # generate's and chat's default
+
+
 def draft_params(draft: Optional[str], draft_max: int, draft_min: int, draft_p_min: float):
     """The engine's draft= argument for the --draft* flags (None: no speculation)."""
-    if draft is None:
+    if draft is None or draft == "off":
         return None
     from pathlib import Path
 
