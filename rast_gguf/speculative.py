@@ -26,8 +26,9 @@ last draft runs inside the verify round, so a cycle costs k drafter decodes inst
 `make_speculator`; with pre-drafting, a cycle that starts from the row the previous cycle's
 pre-draft left costs one decode less, counted at the running rate of such cycles). On a GPU
 t_verify steps up past a few tokens, on a CPU it grows about linearly; the rule follows whichever
-the machine shows. When k = 0 wins, every 8th cycle still
-drafts one token so that the acceptance estimate can recover.
+the machine shows. When k = 0 wins, a cycle still drafts one token after 8 cycles, then after 16, 32,
+... 256 while those probes find nothing (each changes the verify batch's shape, which a GPU pays
+for), back to 8 once drafting pays again, so that the acceptance estimate can recover.
 Pre-drafting (`DraftParams.predraft`, on with the eager drafter): in the verify round the drafter
 also decodes its own proposal for the token after the drafts, so when every draft and that
 proposal are accepted the next cycle's first drafter decode is already done (speculative.h).
@@ -51,7 +52,8 @@ DEFAULT_DRAFT_MAX = 8
 NGRAM_SIZES = (1, 4)      # prompt lookup tries suffixes of 4 tokens down to 1
 _DECAY = 0.95             # weight of the past in the acceptance estimate, per cycle
 _EMA = 0.2                # weight of a new timing in the cost averages
-_PROBE_EVERY = 8          # when k = 0 is best, draft one token every this many cycles anyway
+_PROBE_FIRST = 8          # when k = 0 is best, draft one token after this many cycles anyway,
+_PROBE_LAST = 256         # then after twice as many while probes keep failing, up to this many
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,7 @@ class DraftLength:
         self.accepted, self.rejected = 1.0, 1.0  # prior: a = 1/2
         self.carried, self.cycles = 0.0, 1.0      # cycles that started from a pre-drafted row (prior: none)
         self.n_cycles = 0
+        self.probe_gap, self.since_probe = _PROBE_FIRST, 0  # k = 0 cycles between probing drafts
 
     @property
     def acceptance(self) -> float:
@@ -172,8 +175,15 @@ class DraftLength:
             return max(0, k_hi)
         k_lo = min(p.n_min, k_hi)
         best = max(range(k_lo, k_hi + 1), key=lambda k: self.expected_tokens(k) / self.cost(k))
-        if best == 0 and self.n_cycles % _PROBE_EVERY == 0:
-            best = 1
+        if best > 0:
+            self.probe_gap, self.since_probe = _PROBE_FIRST, 0
+        else:  # a probing draft now and then lets the acceptance estimate recover; each one changes
+            # the verify batch's shape (on a GPU the contexts re-capture their CUDA graphs), so
+            # they thin out while they keep finding nothing to accept
+            self.since_probe += 1
+            if self.since_probe >= self.probe_gap and k_hi >= 1:
+                best, self.since_probe = 1, 0
+                self.probe_gap = min(2 * self.probe_gap, _PROBE_LAST)
         return best
 
     def update(self, n_drafted: int, n_accepted: int, t_draft: float, t_verify: float, n_decodes: int,

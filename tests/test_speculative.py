@@ -255,7 +255,9 @@ def test_predrafting_changes_no_token(small_vocab_triple, drafter):
     t = small_vocab_triple
     outputs, carried = {}, {}
     for predraft in (False, True):
-        draft = DraftParams(str(t.base) if drafter == "model" else drafter, n_max=3, eager=True, predraft=predraft)
+        # a fixed draft length: the adaptive one follows timings, and cycles that draft nothing do not pre-draft
+        draft = DraftParams(str(t.base) if drafter == "model" else drafter, n_max=1, adaptive=False, eager=True,
+                            predraft=predraft)
         with RastEngine(t.large, [DeltaPair(str(t.tuned), str(t.base), 1.0)], n_ctx=256, n_threads=2,
                         flash_attn="off", draft=draft) as engine:
             runs = [generate(engine, prompt, max_tokens=32, ignore_eos=True, sampling=sampling)
@@ -518,11 +520,21 @@ def test_draft_length_follows_costs_and_acceptance():
         rule.update(2, 1, 0.05 * 3, 1.05, 3)   # half the drafts accepted
     assert rule.choose(100) == 2                # the verify cost steps up past 3 positions
     choices = []
-    for _ in range(64):                         # nothing accepted any more
+    for _ in range(1200):                       # nothing accepted any more
         k = rule.choose(100)
         choices.append(k)
         rule.update(k, 0, 0.05 * (k + 1), gpu_like[k + 1], k + 1)
-    assert choices[-16:].count(0) >= 12 and 1 in choices[-16:]  # plain steps, and a probe now and then
+    first_zero = choices.index(0)
+    probes = [i for i in range(first_zero, len(choices)) if choices[i]]
+    gaps = [b - a for a, b in zip(probes, probes[1:])]
+    assert set(choices[first_zero:]) == {0, 1} and len(probes) >= 5  # plain steps, and a probe now and then,
+    assert gaps[:4] == [16, 32, 64, 128] and set(gaps[5:]) == {256}  # ever rarer while they fail
+    choices = []
+    for _ in range(300):                        # drafts accepted again: the next probe finds it out
+        k = rule.choose(100)
+        choices.append(k)
+        rule.update(k, k, 0.05 * (k + 1), gpu_like[k + 1], k + 1)
+    assert choices[-20:].count(0) == 0 and rule.probe_gap == 8
     eager = DraftLength(params, 0.05, flat, eager=True)   # the drafter's last decode inside the verify round
     assert eager.cost(0) == flat[1] and eager.cost(3) == 3 * 0.05 + flat[4]
     eager.update(3, 3, 0.3, 1.0, 3)                       # 3 drafter decodes of 0.1 s
