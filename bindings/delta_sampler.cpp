@@ -349,13 +349,23 @@ int32_t rast_top_k_combined(const float * large, const float * const * pair_logi
     return large_top;
 }
 
-void rast_top_k_row(const float * row, int32_t n, const std::vector<int32_t> & excluded_ids, int32_t k,
-                    std::vector<llama_token_data> & out) {
+void rast_top_k_row(const float * row, const float * add, int32_t n, const std::vector<int32_t> & excluded_ids,
+                    int32_t k, std::vector<llama_token_data> & out) {
     float z[COMBINE_BLOCK];
     size_t next_excluded = 0;
     top_k_blocks(n, k, out, [&](int32_t i0, int32_t m) {
-        if (!(next_excluded < excluded_ids.size() && excluded_ids[next_excluded] < i0 + m)) return row + i0;
-        std::memcpy(z, row + i0, m * sizeof(float));
+        const bool excludes = next_excluded < excluded_ids.size() && excluded_ids[next_excluded] < i0 + m;
+        if (add) {
+            for (int32_t j = 0; j < m; ++j) {
+                float logit = row[i0 + j];
+                logit += add[i0 + j];
+                z[j] = logit;
+            }
+        } else if (!excludes) {
+            return row + i0;
+        } else {
+            std::memcpy(z, row + i0, m * sizeof(float));
+        }
         for (; next_excluded < excluded_ids.size() && excluded_ids[next_excluded] < i0 + m; ++next_excluded) {
             z[excluded_ids[next_excluded] - i0] = -INFINITY;
         }

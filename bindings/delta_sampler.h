@@ -63,9 +63,10 @@ int32_t rast_top_k_combined(const float * large, const float * const * pair_logi
                             size_t n_pairs, int32_t n_shared, const std::vector<int32_t> & excluded_ids, int32_t k,
                             std::vector<llama_token_data> & out);
 
-// The same for one row: the k largest of row[0..n) over the ids not in excluded_ids (sorted).
-void rast_top_k_row(const float * row, int32_t n, const std::vector<int32_t> & excluded_ids, int32_t k,
-                    std::vector<llama_token_data> & out);
+// The same for one row: the k largest of z = row (+ add, where add is not null: `z = row; z += add`
+// in float) over the ids below n not in excluded_ids (ascending).
+void rast_top_k_row(const float * row, const float * add, int32_t n, const std::vector<int32_t> & excluded_ids,
+                    int32_t k, std::vector<llama_token_data> & out);
 
 // top_k when picking the top-k ids in one pass (rast_top_k_combined) pays: top-k on and at most a
 // quarter of n_shared (above, a full candidate array is as cheap); else 0.

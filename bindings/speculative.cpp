@@ -53,13 +53,17 @@ rast_post_chain::~rast_post_chain() {
     if (chain_) llama_sampler_free(chain_);
 }
 
-float rast_post_chain::apply(const float * row, int32_t n_row, const std::vector<int32_t> & excluded,
+float rast_post_chain::apply(const float * row, const float * add, int32_t n_row, const std::vector<int32_t> & excluded,
                              float * logits_out, float * probs, std::vector<int32_t> & support) {
     if (!chain_) throw std::logic_error("rast_post_chain::apply is for sampling (temp > 0)");
     if (one_pass_k_ > 0) {
-        rast_top_k_row(row, n_row, excluded, one_pass_k_, cur_);
+        rast_top_k_row(row, add, n_row, excluded, one_pass_k_, cur_);
     } else {
-        for (int32_t id = 0; id < n_row; ++id) cur_[id] = {id, row[id], 0.0f};
+        for (int32_t id = 0; id < n_row; ++id) {
+            float logit = row[id];
+            if (add) logit += add[id];
+            cur_[id] = {id, logit, 0.0f};
+        }
         for (int32_t id : excluded) cur_[id].logit = -INFINITY;
         for (int32_t id = n_row; id < n_vocab_; ++id) cur_[id] = {id, -INFINITY, 0.0f};
     }
@@ -284,7 +288,7 @@ bool rast_speculator::next_draft(const float * row, int32_t j, float p_min, llam
         }
         return (float) (1.0 / sum) >= p_min;
     }
-    const float top = chain_q_.apply(row, n_shared_, excluded_ids_, nullptr, q, q_ids_[j]);
+    const float top = chain_q_.apply(row, nullptr, n_shared_, excluded_ids_, nullptr, q, q_ids_[j]);
     *d = rast_draw(q, support(q_ids_[j]), rast_uniform(seed_, (int64_t) n + 1 + j, U_DRAFT));
     return top >= p_min;
 }
@@ -419,9 +423,10 @@ int32_t rast_speculator::rast_row(int32_t i, float * z) {
     const float * zl = llama_get_logits_ith(ctx_large_, i);
     int32_t best = -1;
     float best_v = -INFINITY;
+    float block[ROW_BLOCK];  // where the row is not kept
     for (int32_t start = 0; start < n_shared_; start += ROW_BLOCK) {
         const int32_t len = std::min(ROW_BLOCK, n_shared_ - start);
-        float * zb = z + start;
+        float * zb = z ? z + start : block;
         for (int32_t j = 0; j < len; ++j) {
             float logit = zl[start + j];
             logit += d[start + j];
@@ -430,7 +435,7 @@ int32_t rast_speculator::rast_row(int32_t i, float * z) {
         masked_copy(zb, mask_.data() + start, zb, len);
         argmax_step(zb, start, len, &best, &best_v);
     }
-    std::fill(z + n_shared_, z + n_vocab_, -INFINITY);
+    if (z) std::fill(z + n_shared_, z + n_vocab_, -INFINITY);
     return std::max(best, 0);
 }
 
@@ -458,9 +463,11 @@ void rast_speculator::emit_stats(const float * zl, const float * z_rast, const f
                            (float) (z_rast[token] - max_rast - std::log(sum_rast))});
 }
 
-// In the verify round: the drafter's proposal after its row k (the one the bonus token is decided
-// from), decoded at n + k + 1 on the drafter's stream while the large model verifies.
-void rast_speculator::predraft(int32_t n, int32_t k) {
+// The drafter's proposal after its row k (the draft the bonus token is decided from: its argmax, or
+// its draw keyed by the position), once that row is there without another decode; false if not.
+bool rast_speculator::propose_bonus(int32_t n, int32_t k) {
+    if (bonus_draft_ >= 0) return true;
+    if (kind_ == RAST_DRAFT_NGRAM) return false;
     const float * row = nullptr;
     if (logits_pos_ == n + k) {
         row = llama_get_logits_ith(ctx_draft_, -1);  // waits for the drafter's stream only
@@ -468,12 +475,18 @@ void rast_speculator::predraft(int32_t n, int32_t k) {
     } else if (k < n_rows_) {
         row = rows_.data() + (size_t) k * n_vocab_;
     }
-    if (!row || n + k + 1 >= (int32_t) llama_n_ctx(ctx_draft_)) return;
-    llama_token d;
-    next_draft(row, k, 0.0f, &d);
+    if (!row) return false;
+    next_draft(row, k, 0.0f, &bonus_draft_);
+    return true;
+}
+
+// In the verify round: the drafter's proposal after its row k, decoded at n + k + 1 on the
+// drafter's stream while the large model verifies.
+void rast_speculator::predraft(int32_t n, int32_t k) {
+    if (!propose_bonus(n, k) || n + k + 1 >= (int32_t) llama_n_ctx(ctx_draft_)) return;
     if (logits_pos_ > n + k) llama_memory_seq_rm(llama_get_memory(ctx_draft_), 0, n + k + 1, -1);  // dropped drafts
-    queue_drafter_token(d, n + k + 1);
-    ahead_token_ = d;
+    queue_drafter_token(bonus_draft_, n + k + 1);
+    ahead_token_ = bonus_draft_;
 }
 
 rast_cycle_result rast_speculator::cycle(int32_t k_max, float p_min, int32_t n_min, int32_t ngram_min,
@@ -488,7 +501,7 @@ rast_cycle_result rast_speculator::cycle(int32_t k_max, float p_min, int32_t n_m
     pending_row_ = eager_row_ = -1;
     lazy_seconds_ = 0.0;
     n_draft_decodes_ = 0;
-    ahead_token_ = -1;
+    ahead_token_ = bonus_draft_ = -1;
     carried_ = false;
     const size_t need = (size_t) (k_max + 1) * n_vocab_;
     if (q_.size() < need) q_.resize(need);
@@ -523,6 +536,7 @@ rast_cycle_result rast_speculator::cycle(int32_t k_max, float p_min, int32_t n_m
         pending_row_ = -1;
     }
     if (predraft_ && predraft_now) predraft(n, k);
+    propose_bonus(n, k);  // where the drafter's row k is there, while the large model computes
     // while the large model computes (on a GPU): the pairs' delta of every row whose small-model
     // logits are there without another decode
     std::fill(delta_ready_.begin(), delta_ready_.begin() + k + 1, 0);
@@ -533,19 +547,28 @@ rast_cycle_result rast_speculator::cycle(int32_t k_max, float p_min, int32_t n_m
     res.t_verify = seconds_since(t0);
 
     const bool greedy = settings_.temp <= 0.0f;
+    // the whole RAST row is written out only for the stats, or for a chain over every id; else the
+    // argmax, or the top-k of the chain, is taken block by block from the large row and the delta
+    const bool keep_z = track_delta || (greedy ? record : !chain_p_.one_pass());
     int32_t m = 0;
     for (int32_t i = 0; i <= k; ++i) {
-        const llama_token top = rast_row(i, z_.data());
         const float * zl = llama_get_logits_ith(ctx_large_, i);
         llama_token token;
         bool accepted = false;
         if (greedy) {
-            token = top;
+            token = rast_row(i, keep_z ? z_.data() : nullptr);
             accepted = i < k && drafts_[i] == token;
             emit_stats(zl, z_.data(), z_.data(), token);
+            if (i == k && bonus_draft_ >= 0) res.bonus_accepted = bonus_draft_ == token;  // would it have been accepted?
         } else {
-            static const std::vector<int32_t> none;  // z_ holds -inf where RAST may not pick
-            chain_p_.apply(z_.data(), n_shared_, none, record ? post_.data() : nullptr, p_.data(), p_ids_);
+            if (keep_z) {
+                static const std::vector<int32_t> none;  // z_ holds -inf where RAST may not pick
+                rast_row(i, z_.data());
+                chain_p_.apply(z_.data(), nullptr, n_shared_, none, record ? post_.data() : nullptr, p_.data(), p_ids_);
+            } else {
+                chain_p_.apply(zl, delta_row(i), n_shared_, excluded_ids_, record ? post_.data() : nullptr, p_.data(),
+                               p_ids_);
+            }
             const int64_t pos = (int64_t) n + 1 + i;  // index of the token this row decides
             const double u_accept = rast_uniform(seed_, pos, U_ACCEPT), u_residual = rast_uniform(seed_, pos, U_RESIDUAL);
             if (i < k) {
@@ -553,12 +576,11 @@ rast_cycle_result rast_speculator::cycle(int32_t k_max, float p_min, int32_t n_m
                                                 u_accept, u_residual, wrong_residual, &accepted);
             } else if (kind_ != RAST_DRAFT_NGRAM) {
                 // the draft the drafter would propose here, decided like any draft (exact for any q)
-                float * q = q_.data() + (size_t) i * n_vocab_;
-                chain_q_.apply(drafter_row(i), n_shared_, excluded_ids_, nullptr, q, q_ids_[i]);
-                const llama_token d = rast_draw(q, support(q_ids_[i]), rast_uniform(seed_, pos, U_DRAFT));
-                bool unused;
-                token = rast_accept_or_resample(p_.data(), q, support(p_ids_), d, u_accept, u_residual, wrong_residual,
-                                                &unused);
+                if (bonus_draft_ < 0) next_draft(drafter_row(i), i, 0.0f, &bonus_draft_);  // a CPU drafter's lazy row
+                bool bonus_ok;
+                token = rast_accept_or_resample(p_.data(), q_.data() + (size_t) i * n_vocab_, support(p_ids_),
+                                                bonus_draft_, u_accept, u_residual, wrong_residual, &bonus_ok);
+                res.bonus_accepted = bonus_ok;
             } else {
                 token = rast_draw(p_.data(), support(p_ids_), rast_uniform(seed_, pos, U_PLAIN));
             }

@@ -63,13 +63,15 @@ class rast_post_chain {
     rast_post_chain(const rast_post_chain &) = delete;
     rast_post_chain & operator=(const rast_post_chain &) = delete;
 
-    // Sampling only. row: logits of the ids below n_row; ids in excluded (ascending) and from n_row
-    // on are never picked. probs (n_vocab) must be zero outside `support` on entry (zeros, or what
-    // the last call with this support left): on return it holds the softmax of the post-chain
-    // logits, and support the ids of nonzero probability, ascending. logits_out (may be null):
-    // the post-chain logits, -inf where removed. Returns the top probability.
-    float apply(const float * row, int32_t n_row, const std::vector<int32_t> & excluded, float * logits_out,
-                float * probs, std::vector<int32_t> & support);
+    // Sampling only. The logits are row (+ add where not null, `z = row; z += add` in float) for
+    // the ids below n_row; ids in excluded (ascending) and from n_row on are never picked. probs
+    // (n_vocab) must be zero outside `support` on entry (zeros, or what the last call with this
+    // support left): on return it holds the softmax of the post-chain logits, and support the ids
+    // of nonzero probability, ascending. logits_out (may be null): the post-chain logits, -inf where
+    // removed. Returns the top probability.
+    float apply(const float * row, const float * add, int32_t n_row, const std::vector<int32_t> & excluded,
+                float * logits_out, float * probs, std::vector<int32_t> & support);
+    bool one_pass() const { return one_pass_k_ > 0; }  // top-k picked in one pass (no full candidate array)
 
   private:
     llama_sampler *               chain_ = nullptr; // null when greedy
@@ -116,6 +118,10 @@ struct rast_cycle_result {
     int32_t                  n_draft_decodes = 0; // drafter decodes counted in t_draft
     bool                     carried = false;     // started from the row a pre-draft decoded (one decode saved)
     bool                     hit = false;         // ended on its pre-draft: the next cycle is carried
+    int32_t                  bonus_accepted = -1; // every draft accepted: whether the draft the drafter would
+                                                  // have made next (the one the bonus token is decided from)
+                                                  // was accepted, 1 or 0; -1 when not known without a decode
+                                                  // (a rejection, n-gram drafts, a greedy CPU drafter after k > 0)
 };
 
 class rast_speculator {
@@ -156,7 +162,7 @@ class rast_speculator {
     int32_t draft_ngram(int32_t k_max, int32_t ngram_min, int32_t ngram_max);
     const float * drafter_row(int32_t i);  // the drafter's logits for row i (tuned/model drafters)
     const float * delta_row(int32_t i);      // the pairs' delta at verify row i (computed once a cycle)
-    int32_t rast_row(int32_t i, float * z);  // RAST logits of verify row i; returns their first argmax
+    int32_t rast_row(int32_t i, float * z);  // RAST logits of verify row i into z (may be null); returns their first argmax
     const float * tuned_row(size_t pair, int32_t i);
     void    emit_stats(const float * z_large, const float * z_rast, const float * post_logits, llama_token token);
     int32_t decode(llama_context * ctx, llama_batch & batch);
@@ -164,6 +170,7 @@ class rast_speculator {
     void    queue_drafter_token(llama_token token, llama_pos pos);  // the same for one token in the verify round
                                                                      // (not counted as a drafting decode)
     void    keep_drafter_row(int32_t i, const float * row);          // copy into rows_ as row i
+    bool    propose_bonus(int32_t n, int32_t k);  // bonus_draft_ from the drafter's row k, where it is there
     void    predraft(int32_t n, int32_t k);
 
     llama_context *          ctx_large_;
@@ -202,6 +209,7 @@ class rast_speculator {
     int32_t                  n_draft_decodes_ = 0;
     llama_pos                logits_pos_ = -1;    // position of the drafter's latest logits (-1: none known)
     llama_token              ahead_token_ = -1;   // pre-drafted and decoded at n + k + 1 this cycle (-1: none)
+    llama_token              bonus_draft_ = -1;   // the drafter's proposal after row k this cycle (-1: not yet)
     bool                     carry_ = false;      // the drafter holds id_last with its logits (a pre-draft hit)
     bool                     carried_ = false;    // this cycle started from such a row
     std::vector<float>       z_, post_, p_;

@@ -68,12 +68,13 @@ struct Speculator {
         return *spec;
     }
 
-    // (tokens, n_drafted, n_accepted, t_draft, t_verify, n_draft_decodes, carried, hit): see rast_cycle_result
-    std::tuple<std::vector<int32_t>, int32_t, int32_t, double, double, int32_t, bool, bool>
+    // (tokens, n_drafted, n_accepted, t_draft, t_verify, n_draft_decodes, carried, hit, bonus_accepted):
+    // see rast_cycle_result
+    std::tuple<std::vector<int32_t>, int32_t, int32_t, double, double, int32_t, bool, bool, int32_t>
     cycle(int32_t k_max, float p_min, int32_t n_min, int32_t ngram_min, int32_t ngram_max, bool predraft) {
         rast_cycle_result r = get().cycle(k_max, p_min, n_min, ngram_min, ngram_max, predraft);
         return {std::vector<int32_t>(r.tokens.begin(), r.tokens.end()), r.n_drafted, r.n_accepted, r.t_draft, r.t_verify,
-                r.n_draft_decodes, r.carried, r.hit};
+                r.n_draft_decodes, r.carried, r.hit, r.bonus_accepted};
     }
 
     nb::ndarray<nb::numpy, float, nb::ndim<1>> recorded_logits(size_t i) const {
@@ -136,7 +137,7 @@ void rast_register_speculative(nb::module_ & m) {
               std::vector<std::vector<float>> all_probs;
               std::vector<std::vector<int32_t>> supports;
               for (size_t r = 0; r < rows.shape(0); ++r) {
-                  chain.apply(rows.data() + r * n, n, excluded, nullptr, probs.data(), support);
+                  chain.apply(rows.data() + r * n, nullptr, n, excluded, nullptr, probs.data(), support);
                   all_probs.push_back(probs);
                   supports.push_back(support);
               }

@@ -70,7 +70,7 @@ def _cycle_times(engine: RastEngine, prompt: list[int], ks, n_cycles: int, eager
                     restart()
                     skip = max(skip, 1)
                 t0 = time.perf_counter()
-                _, _, _, t_draft, t_verify, _, carried, _ = spec.cycle(k, 0.0, 0, 1, 4)
+                _, _, _, t_draft, t_verify, _, carried, _, _ = spec.cycle(k, 0.0, 0, 1, 4)
                 if skip:
                     skip -= 1
                     continue

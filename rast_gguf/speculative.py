@@ -28,7 +28,10 @@ pre-draft left costs one decode less, counted at the running rate of such cycles
 t_verify steps up past a few tokens, on a CPU it grows about linearly; the rule follows whichever
 the machine shows. When k = 0 wins, a cycle still drafts one token after 8 cycles, then after 16, 32,
 ... 256 while those probes find nothing (each changes the verify batch's shape, which a GPU pays
-for), back to 8 once drafting pays again, so that the acceptance estimate can recover.
+for), back to 8 once drafting pays again, so that the acceptance estimate can recover; with a
+model drafter no probe is needed, as every cycle that ends with all its drafts accepted (every k = 0
+cycle) also says whether the draft the drafter would have made next was accepted, and the
+estimate counts that too.
 Pre-drafting (`DraftParams.predraft`, on with the eager drafter): in the verify round the drafter
 also decodes its own proposal for the token after the drafts, so when every draft and that
 proposal are accepted the next cycle's first drafter decode is already done (speculative.h).
@@ -150,6 +153,7 @@ class DraftLength:
         self.carried, self.cycles = 0.0, 1.0      # cycles that started from a pre-drafted row (prior: none)
         self.n_cycles = 0
         self.probe_gap, self.since_probe = _PROBE_FIRST, 0  # k = 0 cycles between probing drafts
+        self.k0_observed = False  # k = 0 cycles tell whether a draft would have been accepted
 
     @property
     def acceptance(self) -> float:
@@ -177,7 +181,7 @@ class DraftLength:
         best = max(range(k_lo, k_hi + 1), key=lambda k: self.expected_tokens(k) / self.cost(k))
         if best > 0:
             self.probe_gap, self.since_probe = _PROBE_FIRST, 0
-        else:  # a probing draft now and then lets the acceptance estimate recover; each one changes
+        elif not self.k0_observed:  # a probing draft now and then lets the acceptance estimate recover; each one changes
             # the verify batch's shape (on a GPU the contexts re-capture their CUDA graphs), so
             # they thin out while they keep finding nothing to accept
             self.since_probe += 1
@@ -187,12 +191,17 @@ class DraftLength:
         return best
 
     def update(self, n_drafted: int, n_accepted: int, t_draft: float, t_verify: float, n_decodes: int,
-               carried: bool = False) -> None:
+               carried: bool = False, bonus: int = -1) -> None:
         """After a cycle: its drafts and acceptances, its drafting and verifying seconds, the drafter
-        decodes those drafting seconds paid for, whether it started from a pre-drafted row."""
+        decodes those drafting seconds paid for, whether it started from a pre-drafted row, and
+        whether the draft the drafter would have made after an accepted run was accepted (1, 0;
+        -1: not known): one more observation of the acceptance rate, the only one a k = 0 cycle has."""
         self.n_cycles += 1
-        self.accepted = _DECAY * self.accepted + n_accepted
-        self.rejected = _DECAY * self.rejected + (1 if n_accepted < n_drafted else 0)
+        all_in = n_accepted == n_drafted
+        self.accepted = _DECAY * self.accepted + n_accepted + (all_in and bonus == 1)
+        self.rejected = _DECAY * self.rejected + (1 if not all_in or bonus == 0 else 0)
+        if n_drafted == 0 and bonus >= 0:
+            self.k0_observed = True  # cycles without drafts keep the estimate up to date: no probes needed
         self.carried = _DECAY * self.carried + carried
         self.cycles = _DECAY * self.cycles + 1
         if n_decodes:
@@ -317,14 +326,14 @@ def stream_speculative(engine, *, history: Sequence[int], max_tokens: int, sampl
             k = rule.choose(k_cap)
             try:
                 # no pre-draft when drafting does not pay: its hit rate is about the acceptance rate
-                tokens, n_drafted, n_accepted, t_draft, t_verify, n_decodes, carried, _ = spec.cycle(
+                tokens, n_drafted, n_accepted, t_draft, t_verify, n_decodes, carried, _, bonus = spec.cycle(
                     k, p.p_min, p.n_min, *NGRAM_SIZES, k > 0)
             except RuntimeError as e:
                 from rast_gguf.errors import DecodeError
 
                 raise DecodeError(f"speculative decoding failed: {e}") from e
             engine.n_past = spec.n_past
-            rule.update(n_drafted, n_accepted, t_draft, t_verify, n_decodes, carried)
+            rule.update(n_drafted, n_accepted, t_draft, t_verify, n_decodes, carried, bonus)
             stats.n_cycles += 1
             stats.n_drafted += n_drafted
             stats.n_accepted += n_accepted

@@ -141,6 +141,7 @@ def test_post_chain_probabilities_match_numpy(temp, top_k, top_p, min_p, referen
 
 PROMPT = "Question: what is 12 + 35?\nAnswer: 12 + 35"
 CHAIN = dict(temp=1.5, top_k=6, top_p=1.0, min_p=0.0)  # llama order: top-k, then temperature
+CHAIN_NO_TEMP = {key: value for key, value in CHAIN.items() if key != "temp"}
 
 
 @pytest.fixture(scope="module")
@@ -502,6 +503,60 @@ def test_generation_pre_drafts_only_in_cycles_that_draft(small_vocab_triple):
             r = generate(engine, PROMPT, max_tokens=60, ignore_eos=True, sampling=SamplingParams(temp=0))
             carried[n_max] = r.speculative.n_carried
     assert carried[0] == 0 and carried[1] > 0
+
+
+@pytest.mark.parametrize("temp", [0.0, 1.0])
+def test_cycles_without_drafts_say_whether_a_draft_would_have_been_accepted(small_vocab_triple, temp):
+    """A k = 0 cycle reports whether the drafter's proposal for its token (the draft the token is
+    decided from) was accepted: with the pre-draft on, that is exactly whether the cycle ended on
+    its pre-draft; with it off (what generation runs at k = 0) the same cycles say the same."""
+    t = small_vocab_triple
+    reports = {}
+    for predraft in (True, False):
+        draft = DraftParams("tuned", n_max=0, adaptive=False, eager=True)
+        with RastEngine(t.large, [DeltaPair(str(t.tuned), str(t.base), 1.0)], n_ctx=256, n_threads=2,
+                        flash_attn="off", draft=draft) as engine:
+            prompt = engine.tokenize(PROMPT)
+            engine.feed(prompt[:-1])
+            spec = make_speculator(engine, SamplingParams(temp=temp, seed=3, **({} if temp == 0 else CHAIN_NO_TEMP)),
+                                   True, True)
+            spec.start(prompt)
+            rows = []
+            for _ in range(60):
+                tokens, _, _, _, _, _, _, hit, bonus = spec.cycle(0, 0.0, 0, 1, 4, predraft)
+                rows.append((tokens[0], hit, bonus))
+            spec.close()
+        reports[predraft] = rows
+    with_predraft, without = reports[True], reports[False]
+    assert [tok for tok, _, _ in with_predraft] == [tok for tok, _, _ in without]
+    assert all(bonus == int(hit) for _, hit, bonus in with_predraft)
+    assert [b for _, _, b in without] == [b for _, _, b in with_predraft]
+    assert 5 < sum(b for _, _, b in without) < 55  # both outcomes seen
+
+
+def test_draft_length_counts_the_would_be_draft_and_stops_probing_with_it():
+    from rast_gguf.speculative import DraftLength
+
+    flat = {n: 1.0 for n in range(1, 10)}
+    rule = DraftLength(DraftParams("tuned", n_max=4), 0.9, flat)  # drafting costs nearly a verify: k = 0 pays
+    before = (rule.accepted, rule.rejected)
+    rule.update(0, 0, 0.0, 1.0, 0, bonus=1)
+    assert (rule.accepted, rule.rejected) == pytest.approx((0.95 * before[0] + 1, 0.95 * before[1]))
+    rule.update(2, 2, 1.8, 1.0, 2, bonus=0)                # all drafts in, the next one would have been out
+    rule.update(2, 1, 1.8, 1.0, 2, bonus=-1)               # a rejection: nothing more to know
+    choices = []
+    for i in range(100):
+        k = rule.choose(100)
+        choices.append(k)
+        rule.update(k, 0, 0.9 * k, 1.0, k, bonus=0 if k == 0 else -1)
+    assert choices[10:] == [0] * 90                        # observed every cycle: no probing drafts
+    ngram_like = DraftLength(DraftParams("ngram", n_max=4), 0.9, flat)
+    ks = []
+    for i in range(100):
+        k = ngram_like.choose(100)
+        ks.append(k)
+        ngram_like.update(k, 0, 0.9 * k, 1.0, k)           # no observation without drafts
+    assert ks.count(1) >= 2                                # so it probes
 
 
 def test_draft_length_follows_costs_and_acceptance():
