@@ -103,7 +103,7 @@ class RastEngine:
         self.pairs = list(pairs)
         self.draft = as_draft_params(draft)  # None: no speculation
         self.ctx_draft: Context | None = None
-        self._draft_costs = None  # (drafter s/decode, {n: verify s}) timed on first use (speculative.calibrate)
+        self._draft_rule = None  # speculative.DraftLength: its costs timed on first use, then kept with its estimates
         if self.draft and self.draft.kind == "tuned" and not self.pairs:
             raise UsageError("--draft tuned drafts with the small tuned model, but no pair is loaded; "
                              "give --base/--tuned, or use --draft ngram or --draft PATH")

@@ -18,7 +18,8 @@ a separate GGUF drafter (loaded by RastEngine, same vocabulary check as the pair
 
 Draft length (`DraftLength`): each cycle takes the k in [draft_min, draft_max] that maximises the
 expected emitted tokens per second, E(k) / T(k), with E(k) = 1 + a + ... + a^k for the running
-acceptance rate a (accepted / (accepted + rejections), decayed per cycle, prior 1/2) and T(k) = (k +
+acceptance rate a (accepted / (accepted + rejections), decayed per cycle, prior 1/2; the engine keeps
+the rule, so a generation, a chat's next turn, starts from where the last one ended) and T(k) = (k +
 1) t_draft + t_verify(k + 1): t_draft the drafter's time per decode, t_verify(n) the verify decode of
 n positions, both timed once when the engine first speculates (`calibrate`) and then followed by an
 exponential moving average of the cycles' own timings (with the drafter on a GPU its decode of the
@@ -307,10 +308,10 @@ def stream_speculative(engine, *, history: Sequence[int], max_tokens: int, sampl
     elif engine.n_past != len(history) - 1:
         raise UsageError(f"the engine holds {engine.n_past} tokens but the history has {len(history)}")
     p = engine.draft
-    if engine._draft_costs is None:
-        engine._draft_costs = calibrate(engine, history[-1])
     eager = eager_draft(engine)
-    rule = DraftLength(p, *engine._draft_costs, eager=eager)
+    if engine._draft_rule is None:  # kept by the engine: the next generation (a chat's next turn) starts where this one ends
+        engine._draft_rule = DraftLength(p, *calibrate(engine, history[-1]), eager=eager)
+    rule = engine._draft_rule
     spec = make_speculator(engine, sampling, eager)
     spec.set_record(record_logits)
     spec.set_track_delta(track_delta)

@@ -321,7 +321,8 @@ def assert_greedy_identical(t, pairs, draft, prompts, max_tokens=24):
                                                    ("model", 1.0, False), ("tuned", 1.0, True), ("model", 1.0, True)])
 def test_greedy_output_is_rast_output_on_synthetic_models(small_vocab_triple, drafter, alpha, eager):
     t = small_vocab_triple
-    draft = DraftParams(str(t.base) if drafter == "model" else drafter, n_max=4, eager=eager)
+    # a fixed draft length: the adaptive one follows this machine's timings, and may not draft at all
+    draft = DraftParams(str(t.base) if drafter == "model" else drafter, n_max=4, adaptive=False, eager=eager)
     drafted, accepted = assert_greedy_identical(t, [DeltaPair(str(t.tuned), str(t.base), alpha)], draft, SYNTH_PROMPTS)
     assert drafted > 0 and accepted > 0  # the accept path ran, not only plain steps
 
@@ -353,8 +354,8 @@ def test_greedy_output_is_rast_output_on_the_toy_triple(alpha):
 
     large, base, tuned = default_triple()
     t = Triple(large, base, tuned)
-    drafted, accepted = assert_greedy_identical(t, [DeltaPair(str(tuned), str(base), alpha)], DraftParams("tuned"),
-                                                TOY_PROMPTS, max_tokens=40)
+    drafted, accepted = assert_greedy_identical(t, [DeltaPair(str(tuned), str(base), alpha)],
+                                                DraftParams("tuned", n_max=4, adaptive=False), TOY_PROMPTS, max_tokens=40)
     assert accepted > 0.5 * drafted  # the tuned model drafts well for its own task
 
 
@@ -557,6 +558,19 @@ def test_draft_length_counts_the_would_be_draft_and_stops_probing_with_it():
         ks.append(k)
         ngram_like.update(k, 0, 0.9 * k, 1.0, k)           # no observation without drafts
     assert ks.count(1) >= 2                                # so it probes
+
+
+def test_the_draft_length_rule_carries_over_to_the_next_generation(small_vocab_triple):
+    t = small_vocab_triple
+    with RastEngine(t.large, [DeltaPair(str(t.tuned), str(t.base), 1.0)], n_ctx=256, n_threads=2,
+                    flash_attn="off", draft="tuned") as engine:
+        first = generate(engine, PROMPT, max_tokens=20, ignore_eos=True, sampling=SamplingParams(temp=0))
+        rule = engine._draft_rule
+        estimate = rule.acceptance
+        second = generate(engine, SYNTH_PROMPTS[1], max_tokens=20, ignore_eos=True, sampling=SamplingParams(temp=0))
+        assert engine._draft_rule is rule
+        assert rule.n_cycles == first.speculative.n_cycles + second.speculative.n_cycles
+        assert estimate != 0.5 and rule.acceptance != estimate  # started from the first one's estimate, moved on
 
 
 def test_draft_length_follows_costs_and_acceptance():
