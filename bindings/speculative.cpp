@@ -156,7 +156,8 @@ int32_t rast_accept_or_resample(const float * p, const float * q, rast_ids p_ids
     }
     *accepted = false;
     const double v = u_residual;
-    // residual max(0, p - q) over the full vocabulary, drawn in two passes without a buffer
+    // residual max(0, p - q) over the full vocabulary (0 outside p's support, the ids walked), drawn
+    // in two passes without a buffer
     double sum = 0.0;
     for (int32_t j = 0; j < p_ids.n; ++j) {
         const int32_t i = p_ids[j];

@@ -33,6 +33,13 @@
 // is that proposal, the next cycle starts from the row this decode gave and saves its first
 // drafter decode; otherwise the decode is rolled back with the rest. Which tokens come out does not
 // change: the proposals and draws are the same functions of the rows and positions either way.
+//
+// Sampling without candidate arrays of the whole vocabulary: with top-k on, p and q go through the
+// chain on the k largest logits picked in one pass over the row, and the draws and the residual
+// walk only the ids of nonzero probability (their support), which give the same draws as walking
+// every id. The drafter's proposal after its last row is made as soon as that row is there (while
+// the large model computes), and a cycle that accepts all its drafts reports whether that proposal
+// was accepted: the draft-length rule's one observation of a cycle without drafts.
 #pragma once
 
 #include "delta_sampler.h"

@@ -127,7 +127,8 @@ def cycle_bench(setup: BenchSetup, ks=DRAFT_LENGTHS, n_cycles: int = 5, log=prin
 def auto_end_to_end(large, pair: DeltaPair, prompt, n_gen: int, n_repeat: int, log=print, **engine_kwargs) -> list[dict]:
     """What `--draft auto` (generate's and chat's default) costs where drafting does not pay: these
     synthetic models' drafts are never accepted (random weights), so the draft length rule settles
-    on k = 0 with a probing draft every 8th cycle. Generation tokens/s with --draft off and auto,
+    on k = 0 (no probing drafts: those cycles tell whether a draft would have been accepted; on a
+    CPU auto is off and both rows time the same thing). Generation tokens/s with --draft off and auto,
     side by side, greedy and with llama.cpp's default sampling chain (best of n_repeat)."""
     rows = []
     for label, sampling in (("greedy", GREEDY), ("default chain", SamplingParams(seed=1))):

@@ -35,7 +35,9 @@ cycle) also says whether the draft the drafter would have made next was accepted
 estimate counts that too.
 Pre-drafting (`DraftParams.predraft`, on with the eager drafter): in the verify round the drafter
 also decodes its own proposal for the token after the drafts, so when every draft and that
-proposal are accepted the next cycle's first drafter decode is already done (speculative.h).
+proposal are accepted the next cycle's first drafter decode is already done (speculative.h); not in
+a cycle that drafts nothing, where it would be right about as often as the low acceptance that made
+drafting not pay.
 `--draft-p-min` (llama.cpp's rule) ends a draft early when the drafter's top probability falls
 below it; drafts shorter than `--draft-min` are dropped.
 """
@@ -82,7 +84,7 @@ class DraftParams:
         source = str(self.source)
         object.__setattr__(self, "source", source)
         if self.kind == "model" and not Path(source).expanduser().is_file():
-            raise UsageError(f"--draft {source!r}: not 'tuned', 'ngram' or an existing GGUF file")
+            raise UsageError(f"--draft {source!r}: not auto, off, tuned, ngram or an existing GGUF file")
         if not 0 <= self.n_max <= 64:
             raise UsageError(f"--draft-max must be in [0, 64], got {self.n_max}")
         if not 0 <= self.n_min <= self.n_max:

@@ -624,7 +624,7 @@ def test_bad_draft_settings_are_one_line_errors(triple, tmp_path):
         DraftParams("tuned", n_max=-1)
     with pytest.raises(UsageError, match="--draft-min"):
         DraftParams("tuned", n_max=2, n_min=3)
-    with pytest.raises(UsageError, match="not 'tuned', 'ngram' or an existing GGUF file"):
+    with pytest.raises(UsageError, match="not auto, off, tuned, ngram or an existing GGUF file"):
         DraftParams(str(tmp_path / "missing.gguf"))
     with pytest.raises(UsageError, match="no pair is loaded"):
         RastEngine(triple.large, [], n_ctx=64, draft="tuned")
