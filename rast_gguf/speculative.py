@@ -104,7 +104,8 @@ def resolve_auto(draft: DraftParams | None, *, n_pairs: int, drafter_n_gpu_layer
     decodes run beside the large model's verify: BENCHMARKS.md, speculative RAST), else no
     speculation; any other setting unchanged. Where drafting does not pay on such a machine either
     (a low acceptance rate, a drafter close to the large model in cost) the draft length rule
-    settles on k = 0, which costs what a plain RAST step does but for a probing draft every 8th cycle."""
+    settles on k = 0, whose cycles cost what a plain RAST step does (0.96-1.00 x --draft off on an
+    H200 with drafts never accepted: BENCHMARKS.md)."""
     if draft is None or draft.kind != "auto":
         return draft
     from rast_gguf import memory
@@ -184,9 +185,10 @@ class DraftLength:
         best = max(range(k_lo, k_hi + 1), key=lambda k: self.expected_tokens(k) / self.cost(k))
         if best > 0:
             self.probe_gap, self.since_probe = _PROBE_FIRST, 0
-        elif not self.k0_observed:  # a probing draft now and then lets the acceptance estimate recover; each one changes
-            # the verify batch's shape (on a GPU the contexts re-capture their CUDA graphs), so
-            # they thin out while they keep finding nothing to accept
+        elif not self.k0_observed:
+            # a probing draft now and then lets the acceptance estimate recover; each one changes the
+            # verify batch's shape (on a GPU the contexts re-capture their CUDA graphs), so they thin
+            # out while they keep finding nothing to accept
             self.since_probe += 1
             if self.since_probe >= self.probe_gap and k_hi >= 1:
                 best, self.since_probe = 1, 0
