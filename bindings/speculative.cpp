@@ -371,7 +371,7 @@ int32_t rast_speculator::draft_ngram(int32_t k_max, int32_t ngram_min, int32_t n
     const bool greedy = settings_.temp <= 0.0f;
     for (size_t j = 0; !greedy && j < drafts_.size(); ++j) {  // q: one-hot on the draft
         float * q = q_.data() + j * n_vocab_;
-        std::fill(q, q + n_vocab_, 0.0f);
+        for (int32_t id : q_ids_[j]) q[id] = 0.0f;  // the rest of the row is zero already
         q[drafts_[j]] = 1.0f;
         q_ids_[j].assign(1, drafts_[j]);
     }
@@ -548,9 +548,9 @@ rast_cycle_result rast_speculator::cycle(int32_t k_max, float p_min, int32_t n_m
     res.t_verify = seconds_since(t0);
 
     const bool greedy = settings_.temp <= 0.0f;
-    // the whole RAST row is written out only for the stats, or for a chain over every id; else the
-    // argmax, or the top-k of the chain, is taken block by block from the large row and the delta
-    const bool keep_z = track_delta || (greedy ? record : !chain_p_.one_pass());
+    // the whole RAST row is written out only for the stats (and a greedy record); else the argmax is
+    // taken block by block from the large row and the delta, and the chain reads those two itself
+    const bool keep_z = track_delta || (greedy && record);
     int32_t m = 0;
     for (int32_t i = 0; i <= k; ++i) {
         const float * zl = llama_get_logits_ith(ctx_large_, i);
@@ -562,14 +562,9 @@ rast_cycle_result rast_speculator::cycle(int32_t k_max, float p_min, int32_t n_m
             emit_stats(zl, z_.data(), z_.data(), token);
             if (i == k && bonus_draft_ >= 0) res.bonus_accepted = bonus_draft_ == token;  // would it have been accepted?
         } else {
-            if (keep_z) {
-                static const std::vector<int32_t> none;  // z_ holds -inf where RAST may not pick
-                rast_row(i, z_.data());
-                chain_p_.apply(z_.data(), nullptr, n_shared_, none, record ? post_.data() : nullptr, p_.data(), p_ids_);
-            } else {
-                chain_p_.apply(zl, delta_row(i), n_shared_, excluded_ids_, record ? post_.data() : nullptr, p_.data(),
-                               p_ids_);
-            }
+            if (keep_z) rast_row(i, z_.data());  // for the delta stats
+            chain_p_.apply(zl, delta_row(i), n_shared_, excluded_ids_, record ? post_.data() : nullptr, p_.data(),
+                           p_ids_);
             const int64_t pos = (int64_t) n + 1 + i;  // index of the token this row decides
             const double u_accept = rast_uniform(seed_, pos, U_ACCEPT), u_residual = rast_uniform(seed_, pos, U_RESIDUAL);
             if (i < k) {

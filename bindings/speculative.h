@@ -78,7 +78,6 @@ class rast_post_chain {
     // removed. Returns the top probability.
     float apply(const float * row, const float * add, int32_t n_row, const std::vector<int32_t> & excluded,
                 float * logits_out, float * probs, std::vector<int32_t> & support);
-    bool one_pass() const { return one_pass_k_ > 0; }  // top-k picked in one pass (no full candidate array)
 
   private:
     llama_sampler *               chain_ = nullptr; // null when greedy

@@ -30,6 +30,7 @@ speculative vs plain RAST (greedy) per alpha, over the same prompts.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import statistics
 import time
@@ -167,8 +168,7 @@ def forced_acceptance(label: str, paths, pair: DeltaPair, alone: float, rast: fl
     for mode, pairs, draft, sampling in (
             ("speculative RAST (tuned drafts)", [pair], tuned, GREEDY),
             ("speculative RAST, sampled", [pair], tuned, SamplingParams(seed=1)),
-            ("speculative RAST, no pre-draft", [pair],
-             DraftParams("tuned", n_max=max(ks), adaptive=False, predraft=False), GREEDY),
+            ("speculative RAST, no pre-draft", [pair], dataclasses.replace(tuned, predraft=False), GREEDY),
             ("large + small base drafter (no delta)", [], DraftParams(str(base), n_max=max(ks), adaptive=False),
              GREEDY)):
         with RastEngine(large, pairs, draft=draft, **engine_kwargs) as engine:
